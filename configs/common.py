@@ -1,0 +1,110 @@
+"""Shared config pieces: the full field set with the paper's defaults, and demo presets.
+
+Every experiment file calls `base_config()` and changes what differs, so every
+run has the same fields and any of them can be overridden from the command line
+(`--config.model.name=resnet101`). Unknown fields fail at start.
+"""
+
+import ml_collections
+
+
+def parse_arg(arg, **spec):
+  """Parses a preset string such as 'demo' or 'demo,epochs=3' against typed defaults.
+
+  A bare word sets a bool field to True; `key=value` is cast to the default's type.
+  """
+  config = ml_collections.ConfigDict(spec)
+  for part in filter(None, (arg or '').split(',')):
+    key, has_value, value = part.partition('=')
+    if key not in spec:
+      raise ValueError(f'unknown config preset option {key!r}; known: {sorted(spec)}')
+    default = spec[key]
+    if not has_value:
+      if not isinstance(default, bool):
+        raise ValueError(f'preset option {key!r} needs a value ({key}=...)')
+      config[key] = True
+    elif isinstance(default, bool):
+      if value not in ('True', 'False', 'true', 'false', '1', '0'):
+        raise ValueError(f'preset option {key}={value!r}: expected a boolean')
+      config[key] = value in ('True', 'true', '1')
+    else:
+      config[key] = type(default)(value)
+  return config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a job may read, set to the PPA/paper recipe (FaceScrub, 224px, ResNet)."""
+  config = ml_collections.ConfigDict()
+  config.job = 'train'        # Which job launch.py runs: see mi_jax/jobs.py.
+  config.seed = 42            # Model init, data order and augmentation.
+  config.num_devices = 0      # Devices to shard the batch over; 0 = all (required on multi-host).
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'resnet18'              # resnet18/34/50/101/152.
+  config.model.num_classes = 530              # Must match the data set (FaceScrub: 530).
+  config.model.skip = (1.0, 1.0, 1.0, 1.0)    # Per stage: 1 keep, 0 remove, k in (0,1) scale, 'learn'.
+  config.model.width = 64                     # Stem/stage-1 channels (torchvision: 64).
+  config.model.stem = 'imagenet'              # 'imagenet' (torchvision) or 'small' (3x3/1, for <= 64px).
+  config.model.dtype = 'float32'              # Compute dtype: float32 or bfloat16.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'facescrub'              # facescrub, celeba1000, image_folder/<name>, mnist_demo/private, ...
+  config.data.data_dir = '~/tensorflow_datasets'  # Where prepared array_record files live.
+  config.data.manual_dir = ''                 # Raw download for facescrub/celeba1000/image_folder.
+  config.data.test_fraction = 0.0             # image_folder only: held-out share for a 'test' split.
+  config.data.train_split = 'train'
+  config.data.test_split = 'test'
+  config.data.image_size = 224                # Model input size (square).
+  config.data.worker_count = 0                # grain worker processes; 0 = in-process (CPU/CI).
+  config.data.augment = ml_collections.ConfigDict()
+  config.data.augment.rrc_scale = (0.85, 1.0)  # RandomResizedCrop area range.
+  config.data.augment.rrc_ratio = (1.0, 1.0)   # RandomResizedCrop aspect-ratio range.
+  config.data.augment.brightness = 0.2         # ColorJitter.
+  config.data.augment.contrast = 0.2
+  config.data.augment.saturation = 0.1
+  config.data.augment.hue = 0.1
+  config.data.augment.hflip = True             # RandomHorizontalFlip(0.5).
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = 'adam'                  # adam (torch-style L2), adamw, sgd.
+  config.optim.lr = 1e-3
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-8
+  config.optim.momentum = 0.9                 # sgd only.
+  config.optim.weight_decay = 0.0
+  config.optim.lr_milestones = (75, 90)       # Epochs at which lr *= lr_gamma.
+  config.optim.lr_gamma = 0.1
+
+  config.train = ml_collections.ConfigDict()
+  config.train.epochs = 100
+  config.train.batch_size = 128               # Global batch, split over all devices and hosts.
+  config.train.eval_every_epochs = 1          # Test-set evaluation and a checkpoint every this many epochs.
+  config.train.log_every_steps = 50           # Progress line + train metrics.
+  config.train.keep_checkpoints = 2           # Latest N kept, plus the best by test accuracy.
+  return config
+
+
+def demo_data(config: ml_collections.ConfigDict, split: str = 'private', dataset: str = 'mnist_demo'):
+  """Bundled digits instead of FaceScrub: grey 32x32 images, no flips (they change digits)."""
+  config.data.name = f'{dataset}/{split}'
+  config.data.data_dir = 'data/tfds'
+  config.data.image_size = 32
+  config.data.augment.saturation = 0.0
+  config.data.augment.hue = 0.0
+  config.data.augment.hflip = False
+  config.model.num_classes = 5
+
+
+def demo_model(config: ml_collections.ConfigDict):
+  """A narrow ResNet-18 with the small stem: trains in seconds per epoch on 2 CPU cores."""
+  config.model.width = 16
+  config.model.stem = 'small'
+
+
+def demo_schedule(config: ml_collections.ConfigDict, epochs: int):
+  """Shorter run, milestones at the same fractions (75%, 90%) as the 100-epoch recipe."""
+  config.train.epochs = epochs
+  config.train.batch_size = 64
+  config.train.log_every_steps = 10
+  config.optim.lr_milestones = (round(0.75 * epochs), round(0.9 * epochs))

@@ -1,0 +1,1 @@
+"""Data: TFDS builders (`builders`), sources (`sources`), grain pipelines (`pipeline`)."""

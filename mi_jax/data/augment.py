@@ -1,0 +1,96 @@
+"""Per-example image transforms for grain, following torchvision's PIL code paths.
+
+PPA trains targets with Resize -> RandomResizedCrop(scale 0.85-1, ratio 1) ->
+ColorJitter(0.2, 0.2, 0.1, 0.1) -> RandomHorizontalFlip -> Normalize(0.5, 0.5).
+These functions reproduce torchvision's parameter sampling and its PIL
+implementations (ImageEnhance for brightness/contrast/saturation, uint8 HSV for
+hue) with a numpy Generator in place of torch's RNG. PPA applies ColorJitter to
+float tensors; the PIL path differs from it only by uint8 rounding.
+"""
+
+import math
+
+import numpy as np
+import PIL.Image
+import PIL.ImageEnhance
+
+
+def to_pil(image: np.ndarray) -> PIL.Image.Image:
+  """uint8 [H, W, C] (C = 1 or 3) -> PIL image ('L' or 'RGB')."""
+  if image.ndim != 3 or image.shape[-1] not in (1, 3):
+    raise ValueError(f'expected a uint8 [H, W, 1|3] image, got shape {image.shape}')
+  return PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def normalize(img: PIL.Image.Image) -> np.ndarray:
+  """ToTensor + Normalize(0.5, 0.5): float32 [H, W, C] in [-1, 1]."""
+  x = np.asarray(img, dtype=np.float32)
+  if x.ndim == 2:
+    x = x[..., None]
+  return x / 127.5 - 1.0
+
+
+def resize(img: PIL.Image.Image, size: int) -> PIL.Image.Image:
+  """Resize to (size, size), bilinear with antialiasing (PIL's resize filters over the support)."""
+  if img.size == (size, size):
+    return img
+  return img.resize((size, size), PIL.Image.BILINEAR)
+
+
+def random_resized_crop_box(width: int, height: int, scale, ratio, rng: np.random.Generator):
+  """torchvision RandomResizedCrop.get_params: (left, top, crop_w, crop_h)."""
+  area = width * height
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w = int(round(math.sqrt(target_area * aspect)))
+    h = int(round(math.sqrt(target_area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return left, top, w, h
+  # Fallback: the whole image, clamped to the ratio range, centred.
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    w, h = int(round(height * max(ratio))), height
+  else:
+    w, h = width, height
+  return (width - w) // 2, (height - h) // 2, w, h
+
+
+def random_resized_crop(img, size, scale, ratio, rng):
+  left, top, w, h = random_resized_crop_box(img.width, img.height, scale, ratio, rng)
+  return img.resize((size, size), PIL.Image.BILINEAR, box=(left, top, left + w, top + h))
+
+
+def adjust_hue(img: PIL.Image.Image, hue_factor: float) -> PIL.Image.Image:
+  """torchvision F_pil.adjust_hue: shift the uint8 H channel (with wrap-around)."""
+  if img.mode != 'RGB':
+    return img  # hue is undefined for grey images
+  h, s, v = img.convert('HSV').split()
+  shift = np.uint8(int(hue_factor * 255) % 256)
+  np_h = np.asarray(h, dtype=np.uint8) + shift  # uint8 arithmetic wraps, as in torchvision
+  return PIL.Image.merge('HSV', (PIL.Image.fromarray(np_h, 'L'), s, v)).convert('RGB')
+
+
+def color_jitter(img, brightness, contrast, saturation, hue, rng):
+  """torchvision ColorJitter: the four adjustments in a random order, factors drawn uniformly."""
+  factors = [
+      rng.uniform(max(0.0, 1 - brightness), 1 + brightness) if brightness else None,
+      rng.uniform(max(0.0, 1 - contrast), 1 + contrast) if contrast else None,
+      rng.uniform(max(0.0, 1 - saturation), 1 + saturation) if saturation else None,
+      rng.uniform(-hue, hue) if hue else None,
+  ]
+  ops = [
+      lambda im, f: PIL.ImageEnhance.Brightness(im).enhance(f),
+      lambda im, f: PIL.ImageEnhance.Contrast(im).enhance(f),
+      lambda im, f: PIL.ImageEnhance.Color(im).enhance(f) if im.mode == 'RGB' else im,
+      adjust_hue,
+  ]
+  for i in rng.permutation(4):
+    if factors[i] is not None:
+      img = ops[i](img, factors[i])
+  return img

@@ -1,0 +1,95 @@
+"""grain input pipelines: seeded, resumable, sharded over processes.
+
+Determinism: the shuffle order and every augmentation draw are functions of
+(config seed, global example index), so a pipeline gives the same batches for
+any `worker_count` and resumes exactly from `iterator.get_state()`.
+"""
+
+import dataclasses
+
+import grain
+import jax
+import numpy as np
+
+from mi_jax.data import augment
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainTransform(grain.transforms.RandomMap):
+  """PPA training augmentation; see `augment.py`."""
+  image_size: int
+  rrc_scale: tuple[float, float] = (0.85, 1.0)
+  rrc_ratio: tuple[float, float] = (1.0, 1.0)
+  brightness: float = 0.2
+  contrast: float = 0.2
+  saturation: float = 0.1
+  hue: float = 0.1
+  hflip: bool = True
+
+  def random_map(self, element, rng: np.random.Generator):
+    img = augment.resize(augment.to_pil(element['image']), self.image_size)
+    img = augment.random_resized_crop(img, self.image_size, self.rrc_scale, self.rrc_ratio, rng)
+    img = augment.color_jitter(img, self.brightness, self.contrast, self.saturation, self.hue, rng)
+    if self.hflip and rng.random() < 0.5:
+      img = img.transpose(augment.PIL.Image.FLIP_LEFT_RIGHT)
+    return {'image': augment.normalize(img), 'label': np.int32(element['label'])}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTransform(grain.transforms.Map):
+  """Resize to the model's input size and normalise to [-1, 1]."""
+  image_size: int
+
+  def map(self, element):
+    img = augment.resize(augment.to_pil(element['image']), self.image_size)
+    return {'image': augment.normalize(img), 'label': np.int32(element['label'])}
+
+
+def train_transform(data_config) -> TrainTransform:
+  aug = data_config.augment
+  return TrainTransform(image_size=data_config.image_size,
+                        rrc_scale=tuple(aug.rrc_scale),
+                        rrc_ratio=tuple(aug.rrc_ratio),
+                        brightness=aug.brightness,
+                        contrast=aug.contrast,
+                        saturation=aug.saturation,
+                        hue=aug.hue,
+                        hflip=aug.hflip)
+
+
+def per_process_batch_size(global_batch_size: int) -> int:
+  if global_batch_size % jax.process_count():
+    raise ValueError(f'batch size {global_batch_size} is not divisible by the {jax.process_count()} processes')
+  return global_batch_size // jax.process_count()
+
+
+def train_dataset(source, data_config, global_batch_size: int, num_epochs: int, seed: int) -> grain.IterDataset:
+  """Shuffled (anew each epoch), augmented, batched; this process's share of every global batch."""
+  ds = grain.MapDataset.source(source).repeat(num_epochs).shuffle(seed=seed)
+  ds = ds.random_map(train_transform(data_config), seed=seed)
+  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds.batch(per_process_batch_size(global_batch_size), drop_remainder=True)
+  it = ds.to_iter_dataset()
+  if data_config.worker_count > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count))
+  return it
+
+
+def eval_batches(source, data_config, global_batch_size: int):
+  """Yields this process's eval batches, each padded to full size with a 0/1 `mask`.
+
+  Every process yields the same number of batches, so sharded eval steps line up.
+  """
+  per_process = per_process_batch_size(global_batch_size)
+  num_batches = -(-len(source) // global_batch_size)
+  ds = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
+  ds = ds.map(EvalTransform(data_config.image_size)).batch(per_process)
+  for i in range(num_batches):
+    if i < len(ds):
+      batch = ds[i]
+    else:  # this process has run out of examples; it still takes part with an all-padding batch
+      batch = jax.tree.map(lambda x: x[:0], ds[0])
+    n = len(batch['label'])
+    pad = lambda x: np.concatenate([x, np.zeros((per_process - n,) + x.shape[1:], x.dtype)])
+    yield {'image': pad(batch['image']), 'label': pad(batch['label']),
+           'mask': pad(np.ones(n, np.float32))}

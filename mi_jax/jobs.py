@@ -1,0 +1,85 @@
+"""The jobs launch.py can run, config validation, and multi-host start-up."""
+
+import importlib
+import logging as logging_std
+import os
+
+from absl import logging
+import ml_collections
+
+# job name -> 'module:function', called as function(config, workdir).
+JOBS = {
+    'train': 'mi_jax.train.trainer:train_and_evaluate',
+}
+
+# Environment variables by which cluster launchers announce a multi-process job.
+_MULTI_PROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'PMI_SIZE')
+
+
+def is_multi_process_env(environ=os.environ) -> bool:
+  """True when a launcher started several processes (SLURM, Open MPI, PMI) or named a coordinator."""
+  if environ.get('JAX_COORDINATOR_ADDRESS'):
+    return True
+  for name in _MULTI_PROCESS_ENV[1:]:
+    try:
+      if int(environ.get(name, '1')) > 1:
+        return True
+    except ValueError:
+      pass
+  return False
+
+
+def maybe_initialize_distributed():
+  if is_multi_process_env():
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()  # reads the coordinator, process count and id from the environment
+    logging.info('Process %d of %d', jax.process_index(), jax.process_count())
+
+
+class _LibraryDetailFilter(logging_std.Filter):
+  """Drops INFO chatter of the checkpoint/IO libraries (orbax logs every save step by step)."""
+  _NOISY = (f'{os.sep}orbax{os.sep}', f'{os.sep}tensorstore{os.sep}', f'{os.sep}jax{os.sep}_src{os.sep}xla_bridge')
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or not any(p in record.pathname for p in self._NOISY)
+
+
+def quiet_library_logs():
+  logging.get_absl_handler().addFilter(_LibraryDetailFilter())
+
+
+def _check(condition: bool, field: str, value, expected: str):
+  if not condition:
+    raise ValueError(f'config.{field}={value!r}: {expected}')
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """Fails early, naming the field, on values that would only break deep inside a job."""
+  _check(config.job in JOBS, 'job', config.job, f'expected one of {sorted(JOBS)}')
+  from mi_jax import models  # pylint: disable=g-import-not-at-top
+  from mi_jax.data import sources  # pylint: disable=g-import-not-at-top
+  models.build_model(config.model)  # validates name, dtype and skip
+  sources.get_builder(config.data)  # validates the data set name
+  for field in ('train.epochs', 'train.batch_size', 'train.eval_every_epochs', 'train.log_every_steps',
+                'train.keep_checkpoints', 'data.image_size', 'model.num_classes', 'model.width'):
+    section, key = field.split('.')
+    value = config[section][key]
+    _check(isinstance(value, int) and value > 0, field, value, 'expected a positive integer')
+  _check(config.num_devices >= 0, 'num_devices', config.num_devices, 'expected >= 0 (0 = all devices)')
+  _check(config.data.worker_count >= 0, 'data.worker_count', config.data.worker_count, 'expected >= 0')
+  _check(config.optim.lr > 0, 'optim.lr', config.optim.lr, 'expected > 0')
+  _check(list(config.optim.lr_milestones) == sorted(config.optim.lr_milestones), 'optim.lr_milestones',
+         config.optim.lr_milestones, 'expected increasing epochs')
+  scale, ratio = config.data.augment.rrc_scale, config.data.augment.rrc_ratio
+  _check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, 'data.augment.rrc_scale', scale,
+         'expected (low, high) with 0 < low <= high <= 1')
+  _check(len(ratio) == 2 and 0 < ratio[0] <= ratio[1], 'data.augment.rrc_ratio', ratio,
+         'expected (low, high) with 0 < low <= high')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str):
+  validate_config(config)
+  module_name, function_name = JOBS[config.job].split(':')
+  job = getattr(importlib.import_module(module_name), function_name)
+  os.makedirs(workdir, exist_ok=True)
+  return job(config, workdir)

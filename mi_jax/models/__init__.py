@@ -1,0 +1,52 @@
+"""Target classifiers. `build_model(config.model)` is the one way to make one."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mi_jax.models import resnet
+
+# float64 needs jax_enable_x64; it serves exact numerical comparisons (sharding, parity tests).
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
+
+
+def model_names() -> list[str]:
+  return sorted(resnet.RESNET_STAGES)
+
+
+def build_model(model_config: ml_collections.ConfigDict):
+  """Returns the Flax module that `model_config` (config.model) describes."""
+  name = model_config.name
+  if name not in resnet.RESNET_STAGES:
+    raise ValueError(f'config.model.name={name!r} is not a known model; known: {", ".join(model_names())}')
+  if model_config.dtype not in _DTYPES:
+    raise ValueError(f'config.model.dtype={model_config.dtype!r}: expected one of {sorted(_DTYPES)}')
+  stage_sizes, block_cls = resnet.RESNET_STAGES[name]
+  skip = tuple(model_config.skip)
+  if len(skip) != len(stage_sizes):
+    raise ValueError(f'config.model.skip={skip} has {len(skip)} entries; {name} has {len(stage_sizes)} stages')
+  for setting in skip:
+    try:
+      resnet.parse_skip(setting)
+    except ValueError as e:
+      raise ValueError(f'config.model.skip: {e}') from None
+  return resnet.ResNet(stage_sizes=stage_sizes,
+                       block_cls=block_cls,
+                       num_classes=model_config.num_classes,
+                       skip=skip,
+                       width=model_config.width,
+                       stem=model_config.stem,
+                       dtype=_DTYPES[model_config.dtype])
+
+
+def init_variables(model, input_shape, rng, **kwargs) -> dict:
+  """`model.init` on a zero batch of `input_shape`, jitted.
+
+  jit: an eager init dispatches every op of a deep net one by one. The
+  non-partitionable threefry compiles several times faster on XLA:CPU (init of
+  a ResNet-18: ~9 s -> ~4 s) and init never runs sharded, so nothing is lost.
+  """
+  with jax.threefry_partitionable(False):
+    return jax.jit(functools.partial(model.init, **kwargs))(rng, jnp.zeros(input_shape, jnp.float32))

@@ -1,0 +1,1 @@
+"""Training: state, optimisers, sharded steps, checkpoints, metric logging, the train job."""

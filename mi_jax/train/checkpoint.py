@@ -1,0 +1,106 @@
+"""Orbax checkpoints of a training run: state + data-iterator state + config.
+
+Layout: `<workdir>/checkpoints/<step>/{state, data, config}`. Kept: the latest
+`keep` checkpoints plus the one with the best test accuracy. Saves are
+asynchronous and atomic, so a job killed mid-save resumes from the previous one.
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+BEST_METRIC = 'test_accuracy'
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used with the current config."""
+
+
+def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
+  policies = ocp.checkpoint_managers
+  options = ocp.CheckpointManagerOptions(
+      best_fn=lambda m: m[BEST_METRIC],  # also makes Orbax write the metrics, so BestN survives a restart
+      best_mode='max',
+      preservation_policy=policies.AnyPreservationPolicy([
+          policies.LatestN(keep),
+          policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
+                         keep_checkpoints_without_metrics=False),
+      ]),
+      enable_async_checkpointing=True,
+      cleanup_tmp_directories=True,  # half-written saves of a killed job
+  )
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+class Checkpointer:
+  """Saves and restores one run's TrainState, data-iterator state and config."""
+
+  def __init__(self, directory: str, keep: int = 2):
+    self.directory = directory
+    self._manager = _manager(directory, keep)
+
+  def latest_step(self):
+    return self._manager.latest_step()
+
+  def best_step(self):
+    return self._manager.best_step()
+
+  def all_steps(self):
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state, data_state: dict, config: ml_collections.ConfigDict, metrics: dict):
+    self._manager.save(step,
+                       args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               data=ocp.args.JsonSave(data_state),
+                                               config=ocp.args.JsonSave(json.loads(config.to_json_best_effort()))),
+                       metrics={k: float(v) for k, v in metrics.items()})
+
+  def restore(self, step: int, abstract_state):
+    """(state, data_state, saved config dict) at `step`, placed like `abstract_state`."""
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=ocp.args.JsonRestore(),
+          config=ocp.args.JsonRestore()))
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointError(
+          f'checkpoint {self.directory}/{step} does not fit the model/optimizer of the current config '
+          f'({type(e).__name__}: {str(e)[:500]}). Use a fresh --workdir or the config it was written with.') from e
+    return restored.state, restored.data, restored.config
+
+  def restore_config(self, step: int) -> dict:
+    return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.close()
+
+
+def abstract_like(tree):
+  """ShapeDtypeStructs (with shardings) to restore into."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+# Config fields whose change makes an existing checkpoint meaningless for the run.
+IDENTITY_FIELDS = ('model', 'data.name', 'data.image_size', 'optim', 'train.batch_size', 'train.epochs', 'seed')
+
+
+def check_same_run(saved: dict, config: ml_collections.ConfigDict, where: str):
+  """Raises CheckpointError naming every identity field that differs from the saved config."""
+  current = json.loads(config.to_json_best_effort())
+  diffs = []
+  for field in IDENTITY_FIELDS:
+    a, b = saved, current
+    for part in field.split('.'):
+      a = a.get(part) if isinstance(a, dict) else None
+      b = b.get(part) if isinstance(b, dict) else None
+    if a != b:
+      diffs.append(f'  config.{field}: checkpoint has {a!r}, config has {b!r}')
+  if diffs:
+    raise CheckpointError(f'{where} holds a checkpoint of a different run:\n' + '\n'.join(diffs) +
+                          '\nUse a fresh --workdir, or relaunch with the config the run was started with.')

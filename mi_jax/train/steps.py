@@ -1,0 +1,59 @@
+"""One train step and one eval step; `compile_steps` jits them for a mesh."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mi_jax.train import sharding
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def train_step(state, batch, learning_rate_fn):
+  """Forward/backward on one global batch, BN statistics over the whole batch."""
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
+                                     batch['image'],
+                                     train=True,
+                                     mutable=['batch_stats'])
+    return cross_entropy(logits, batch['label']).mean(), (logits, updates['batch_stats'])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics = {
+      'loss': loss,
+      'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+      'learning_rate': learning_rate_fn(state.step - 1),
+      'grad_norm': optax.tree.norm(grads),
+  }
+  return state, metrics
+
+
+def eval_step(state, batch):
+  """Sums over the real (mask = 1) examples: loss, top-1 and top-5 hits, count."""
+  logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
+                          batch['image'], train=False)
+  mask = batch['mask']
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+  return {
+      'loss': jnp.sum(cross_entropy(logits, batch['label']) * mask),
+      'top1': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
+      'top5': jnp.sum(jnp.any(top5 == batch['label'][:, None], -1) * mask),
+      'count': jnp.sum(mask),
+  }
+
+
+def compile_steps(mesh, learning_rate_fn):
+  """jit both steps: state replicated (and donated), batches split over the 'data' axis."""
+  repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
+  p_train_step = jax.jit(functools.partial(train_step, learning_rate_fn=learning_rate_fn),
+                         in_shardings=(repl, data),
+                         out_shardings=(repl, repl),
+                         donate_argnums=0)
+  p_eval_step = jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl)
+  return p_train_step, p_eval_step

