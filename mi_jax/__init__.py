@@ -1,0 +1,1 @@
+"""mi_jax: model-inversion attacks and skip-connection defenses in JAX/Flax."""
