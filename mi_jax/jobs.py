@@ -59,7 +59,7 @@ def validate_config(config: ml_collections.ConfigDict):
   from mi_jax import models  # pylint: disable=g-import-not-at-top
   from mi_jax.data import sources  # pylint: disable=g-import-not-at-top
   models.build_model(config.model)  # validates name, dtype and skip
-  sources.get_builder(config.data)  # validates the data set name
+  sources.resolve(config.data)  # validates the data set name without touching data_dir
   for field in ('train.epochs', 'train.batch_size', 'train.eval_every_epochs', 'train.log_every_steps',
                 'train.keep_checkpoints', 'data.image_size', 'model.num_classes', 'model.width'):
     section, key = field.split('.')

@@ -10,6 +10,7 @@ import dataclasses
 import grain
 import jax
 import numpy as np
+import PIL.Image
 
 from mi_jax.data import augment
 
@@ -31,7 +32,7 @@ class TrainTransform(grain.transforms.RandomMap):
     img = augment.random_resized_crop(img, self.image_size, self.rrc_scale, self.rrc_ratio, rng)
     img = augment.color_jitter(img, self.brightness, self.contrast, self.saturation, self.hue, rng)
     if self.hflip and rng.random() < 0.5:
-      img = img.transpose(augment.PIL.Image.FLIP_LEFT_RIGHT)
+      img = img.transpose(PIL.Image.FLIP_LEFT_RIGHT)
     return {'image': augment.normalize(img), 'label': np.int32(element['label'])}
 
 

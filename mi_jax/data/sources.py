@@ -8,8 +8,8 @@ import tensorflow_datasets as tfds
 from mi_jax.data import builders
 
 
-def get_builder(data_config) -> tfds.core.DatasetBuilder:
-  """The builder that config.data names (`facescrub`, `mnist_demo/private`, `image_folder/ffhq`)."""
+def resolve(data_config):
+  """(builder class, its kwargs) for config.data; raises ValueError naming config.data.name."""
   name, _, config_name = data_config.name.partition('/')
   if name not in builders.BUILDERS:
     raise ValueError(f'config.data.name={data_config.name!r}: unknown dataset; known: '
@@ -27,6 +27,12 @@ def get_builder(data_config) -> tfds.core.DatasetBuilder:
     kwargs['config'] = config_name
   elif config_name:
     raise ValueError(f'config.data.name={data_config.name!r}: {name} has no configs')
+  return cls, kwargs
+
+
+def get_builder(data_config) -> tfds.core.DatasetBuilder:
+  """The builder that config.data names (`facescrub`, `mnist_demo/private`, `image_folder/ffhq`)."""
+  cls, kwargs = resolve(data_config)
   return cls(**kwargs)
 
 
