@@ -10,6 +10,7 @@ import ml_collections
 # job name -> 'module:function', called as function(config, workdir).
 JOBS = {
     'train': 'mi_jax.train.trainer:train_and_evaluate',
+    'tts': 'mi_jax.defenses.tts:train_tts',
 }
 
 # Environment variables by which cluster launchers announce a multi-process job.
@@ -70,6 +71,10 @@ def validate_config(config: ml_collections.ConfigDict):
   _check(config.optim.lr > 0, 'optim.lr', config.optim.lr, 'expected > 0')
   _check(list(config.optim.lr_milestones) == sorted(config.optim.lr_milestones), 'optim.lr_milestones',
          config.optim.lr_milestones, 'expected increasing epochs')
+  if config.job == 'tts':
+    from mi_jax.defenses import tts  # pylint: disable=g-import-not-at-top
+    _check('tts' in config, 'tts', None, 'the tts job needs a config.tts section (see configs/tts.py)')
+    tts.stage_configs(config)  # validates stage1_epochs and lr_schedule
   scale, ratio = config.data.augment.rrc_scale, config.data.augment.rrc_ratio
   _check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, 'data.augment.rrc_scale', scale,
          'expected (low, high) with 0 < low <= high <= 1')

@@ -81,6 +81,28 @@ class Checkpointer:
     self._manager.close()
 
 
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'checkpoints')
+
+
+def latest_step_in(workdir: str):
+  """Latest complete checkpoint step of the run in `workdir` (None if there is none)."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return None
+  with ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(create=False)) as mngr:
+    return mngr.latest_step()
+
+
+def load_variables(workdir: str, step: int | None = None) -> dict:
+  """{'params', 'batch_stats'} (numpy) of the run in `workdir` at `step` (default: latest)."""
+  step = latest_step_in(workdir) if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
+  state = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(checkpoint_dir(workdir), str(step), 'state')))
+  return {'params': state['params'], 'batch_stats': state['batch_stats']}
+
+
 def abstract_like(tree):
   """ShapeDtypeStructs (with shardings) to restore into."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

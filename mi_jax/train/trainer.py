@@ -42,9 +42,12 @@ def check_finite(step: int, metrics: dict, workdir: str):
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str,
-                       on_step: Callable[[int], None] | None = None) -> dict:
+                       on_step: Callable[[int], None] | None = None,
+                       init_variables: Callable[[dict], dict] | None = None) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the final test metrics.
 
+  `init_variables(fresh)` maps the freshly initialised {'params', 'batch_stats'}
+  to the ones to start from (TTS stage 2); it is not called when resuming.
   `on_step(step)` is called after every step that has been fully processed
   (checkpoint included); tests use it to interrupt a run.
   """
@@ -72,12 +75,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   channels = builder.info.features['image'].shape[-1]
   state = state_lib.create_train_state(model, tx, (1, config.data.image_size, config.data.image_size, channels),
                                        config.seed)
-  state = jax.device_put(state, sharding.replicated(mesh))
   train_step, eval_step = steps.compile_steps(mesh, learning_rate_fn)
 
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints)
   data_state = None
   start_step = ckpt.latest_step() or 0
+  if not start_step and init_variables is not None:
+    start = init_variables({'params': state.params, 'batch_stats': state.batch_stats})
+    state = state.replace(params=start['params'], batch_stats=start['batch_stats'])
+  state = jax.device_put(state, sharding.replicated(mesh))
   if start_step:
     checkpoint.check_same_run(ckpt.restore_config(start_step), config, f'{workdir}/checkpoints/{start_step}')
     state, data_state, _ = ckpt.restore(start_step, checkpoint.abstract_like(state))
