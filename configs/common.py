@@ -40,10 +40,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_devices = 0      # Devices to shard the batch over; 0 = all (required on multi-host).
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'resnet18'              # resnet18/34/50/101/152.
+  config.model.name = 'resnet18'              # resnet18/34/50/101/152, densenet121/161/169/201.
   config.model.num_classes = 530              # Must match the data set (FaceScrub: 530).
   config.model.skip = (1.0, 1.0, 1.0, 1.0)    # Per stage: 1 keep, 0 remove, k in (0,1) scale, 'learn'.
-  config.model.width = 64                     # Stem/stage-1 channels (torchvision: 64).
+  config.model.width = 0                      # 0 = the architecture's own; demos shrink it (ResNet: stem/stage-1
+                                              # channels; DenseNet: stem channels, growth = width // 2).
+  config.model.skip_mode = 'truncate'         # DenseNet: 'truncate' (official code) or 'scale' (see densenet.py).
   config.model.stem = 'imagenet'              # 'imagenet' (torchvision) or 'small' (3x3/1, for <= 64px).
   config.model.dtype = 'float32'              # Compute dtype: float32 or bfloat16.
 

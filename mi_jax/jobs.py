@@ -62,10 +62,11 @@ def validate_config(config: ml_collections.ConfigDict):
   models.build_model(config.model)  # validates name, dtype and skip
   sources.resolve(config.data)  # validates the data set name without touching data_dir
   for field in ('train.epochs', 'train.batch_size', 'train.eval_every_epochs', 'train.log_every_steps',
-                'train.keep_checkpoints', 'data.image_size', 'model.num_classes', 'model.width'):
+                'train.keep_checkpoints', 'data.image_size', 'model.num_classes'):
     section, key = field.split('.')
     value = config[section][key]
     _check(isinstance(value, int) and value > 0, field, value, 'expected a positive integer')
+  _check(config.model.width >= 0, 'model.width', config.model.width, 'expected >= 0 (0 = the architecture default)')
   _check(config.num_devices >= 0, 'num_devices', config.num_devices, 'expected >= 0 (0 = all devices)')
   _check(config.data.worker_count >= 0, 'data.worker_count', config.data.worker_count, 'expected >= 0')
   _check(config.optim.lr > 0, 'optim.lr', config.optim.lr, 'expected > 0')

@@ -16,7 +16,7 @@ from mi_jax.train import checkpoint
 
 def _variables(skip, width=4):
   model = models.build_model(ml_collections.ConfigDict(dict(
-      name='resnet18', num_classes=3, skip=skip, width=width, stem='small', dtype='float32')))
+      name='resnet18', num_classes=3, skip=skip, width=width, stem='small', dtype='float32', skip_mode='truncate')))
   return jax.device_get(models.init_variables(model, (1, 16, 16, 3), jax.random.PRNGKey(len(str(skip)) + width)))
 
 

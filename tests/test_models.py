@@ -8,7 +8,7 @@ import pytest
 from flax import traverse_util
 
 from mi_jax import models
-from mi_jax.models import resnet
+from mi_jax.models import densenet, resnet
 
 
 def _init(model, size=32, channels=3):
@@ -88,7 +88,7 @@ def test_stage_input_perturbations_give_stage_gradients():
 
 def test_build_model_from_config():
   config = ml_collections.ConfigDict(dict(name='resnet50', num_classes=7, skip=(1, 1, 1, 0.2), width=8,
-                                          stem='imagenet', dtype='float32'))
+                                          stem='imagenet', dtype='float32', skip_mode='truncate'))
   model = models.build_model(config)
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, 64, 64, 3))))
   out = jax.eval_shape(model.apply, variables, jnp.zeros((2, 64, 64, 3)))
@@ -96,3 +96,59 @@ def test_build_model_from_config():
   flat = traverse_util.flatten_dict(variables['params'], sep='/')
   assert 'layer1_0/downsample_conv/kernel' in flat  # bottleneck: projection in stage 1 too
   assert flat['layer1_0/downsample_conv/kernel'].shape == (1, 1, 8, 32)
+
+
+@pytest.mark.parametrize('name, torchvision_params', [
+    ('densenet121', 7_978_856), ('densenet161', 28_681_000), ('densenet169', 14_149_480),
+    ('densenet201', 20_013_928)])
+def test_densenet_parameter_counts_match_torchvision(name, torchvision_params):
+  growth, blocks, init_features = densenet.DENSENET_CONFIGS[name]
+  model = densenet.DenseNet(growth_rate=growth, block_config=blocks, num_init_features=init_features,
+                            num_classes=1000)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
+  assert sum(x.size for x in jax.tree.leaves(variables['params'])) == torchvision_params
+
+
+@pytest.mark.parametrize('k', [0.0, 0.01, 0.5, 1.0])
+def test_densenet_truncation_follows_the_official_channel_formula(k):
+  """Layer j >= 1 of a truncated block sees round(k*C0) + (j-1)*round(k*g) + g channels."""
+  growth, blocks, init_features = densenet.DENSENET_CONFIGS['densenet121']
+  model = densenet.DenseNet(growth_rate=growth, block_config=blocks, num_init_features=init_features,
+                            num_classes=530, skip=(1, 1, 1, k))
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))['params']
+  block4 = params['denseblock4']
+  c0 = 512  # DenseNet-121: 1024 channels after block 3, halved by transition 3
+  assert block4['denselayer1']['norm1']['scale'].shape == (c0,)
+  for j in range(1, 16):
+    want = round(k * c0) + (j - 1) * round(k * growth) + growth
+    assert block4[f'denselayer{j + 1}']['norm1']['scale'].shape == (want,)
+  assert params['classifier']['kernel'].shape == (round(k * c0) + 15 * round(k * growth) + growth, 530)
+  assert params['denseblock3']['denselayer24']['norm1']['scale'].shape == (256 + 23 * 32,)  # untouched stage
+
+
+def test_densenet_scale_mode_keeps_the_tree_and_can_learn():
+  def tree(skip):
+    model = models.build_model(ml_collections.ConfigDict(dict(
+        name='densenet121', num_classes=5, skip=skip, width=8, stem='small', dtype='float32', skip_mode='scale')))
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1))))['params']
+  full = jax.tree.map(lambda x: x.shape, tree((1, 1, 1, 1)))
+  assert jax.tree.map(lambda x: x.shape, tree((1, 1, 1, 0))) == full
+  learn = tree((1, 1, 1, 'learn:0.01'))
+  assert set(learn) - set(full) == {'skip_scale_stage4'}
+  with pytest.raises(ValueError, match="skip_mode='scale'"):
+    models.build_model(ml_collections.ConfigDict(dict(
+        name='densenet121', num_classes=5, skip=(1, 1, 1, 'learn'), width=8, stem='small', dtype='float32',
+        skip_mode='truncate')))
+
+
+def test_densenet_removed_skip_cuts_the_block_input_off_later_layers():
+  """Truncation with k = 0: only the first layer of the block sees the block input."""
+  model = densenet.DenseNet(growth_rate=4, block_config=(2, 3), num_init_features=8, num_classes=3,
+                            skip=(1, 0), stem='small')
+  variables = models.init_variables(model, (2, 8, 8, 3), jax.random.PRNGKey(0))
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+  grads = jax.jit(jax.grad(lambda p: model.apply({**variables, 'perturbations': p}, x).sum()))(
+      variables['perturbations'])
+  assert float(jnp.abs(grads['stage2_input']).max()) > 0  # reaches it through layer 1 only
+  block = variables['params']['denseblock2']
+  assert block['denselayer2']['conv1']['kernel'].shape[2] == 4 and block['denselayer3']['conv1']['kernel'].shape[2] == 4

@@ -6,37 +6,55 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mi_jax.models import resnet
+from mi_jax.models import densenet, resnet
 
 # float64 needs jax_enable_x64; it serves exact numerical comparisons (sharding, parity tests).
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
 
 
 def model_names() -> list[str]:
-  return sorted(resnet.RESNET_STAGES)
+  return sorted(resnet.RESNET_STAGES) + sorted(densenet.DENSENET_CONFIGS)
 
 
 def build_model(model_config: ml_collections.ConfigDict):
   """Returns the Flax module that `model_config` (config.model) describes."""
   name = model_config.name
-  if name not in resnet.RESNET_STAGES:
+  if name not in model_names():
     raise ValueError(f'config.model.name={name!r} is not a known model; known: {", ".join(model_names())}')
   if model_config.dtype not in _DTYPES:
     raise ValueError(f'config.model.dtype={model_config.dtype!r}: expected one of {sorted(_DTYPES)}')
-  stage_sizes, block_cls = resnet.RESNET_STAGES[name]
   skip = tuple(model_config.skip)
-  if len(skip) != len(stage_sizes):
-    raise ValueError(f'config.model.skip={skip} has {len(skip)} entries; {name} has {len(stage_sizes)} stages')
+  num_stages = len(resnet.RESNET_STAGES[name][0] if name in resnet.RESNET_STAGES else
+                   densenet.DENSENET_CONFIGS[name][1])
+  if len(skip) != num_stages:
+    raise ValueError(f'config.model.skip={skip} has {len(skip)} entries; {name} has {num_stages} stages')
   for setting in skip:
     try:
       resnet.parse_skip(setting)
     except ValueError as e:
       raise ValueError(f'config.model.skip: {e}') from None
+  if name in densenet.DENSENET_CONFIGS:
+    mode = model_config.skip_mode
+    if mode not in ('truncate', 'scale'):
+      raise ValueError(f"config.model.skip_mode={mode!r}: expected 'truncate' (official) or 'scale'")
+    if mode == 'truncate' and any(isinstance(s, str) for s in skip):
+      raise ValueError("config.model.skip: a learnable DenseNet skip needs config.model.skip_mode='scale'")
+    growth, blocks, init_features = densenet.DENSENET_CONFIGS[name]
+    return densenet.DenseNet(growth_rate=growth,
+                             block_config=blocks,
+                             num_init_features=init_features,
+                             num_classes=model_config.num_classes,
+                             skip=skip,
+                             skip_mode=mode,
+                             width=model_config.width or 64,
+                             stem=model_config.stem,
+                             dtype=_DTYPES[model_config.dtype])
+  stage_sizes, block_cls = resnet.RESNET_STAGES[name]
   return resnet.ResNet(stage_sizes=stage_sizes,
                        block_cls=block_cls,
                        num_classes=model_config.num_classes,
                        skip=skip,
-                       width=model_config.width,
+                       width=model_config.width or 64,
                        stem=model_config.stem,
                        dtype=_DTYPES[model_config.dtype])
 
