@@ -1,5 +1,7 @@
 """ResNet structure (torchvision parameter counts) and the skip-control invariants."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -8,7 +10,7 @@ import pytest
 from flax import traverse_util
 
 from mi_jax import models
-from mi_jax.models import densenet, resnet
+from mi_jax.models import densenet, repvgg, resnet
 
 
 def _init(model, size=32, channels=3):
@@ -152,3 +154,50 @@ def test_densenet_removed_skip_cuts_the_block_input_off_later_layers():
   assert float(jnp.abs(grads['stage2_input']).max()) > 0  # reaches it through layer 1 only
   block = variables['params']['denseblock2']
   assert block['denselayer2']['conv1']['kernel'].shape[2] == 4 and block['denselayer3']['conv1']['kernel'].shape[2] == 4
+
+
+@pytest.mark.parametrize('name, paper_millions', [('repvgg_a0', 8.30), ('repvgg_a1', 12.78), ('repvgg_b0', 14.33)])
+def test_repvgg_deploy_parameter_counts_match_the_paper(name, paper_millions):
+  num_blocks, multiplier = repvgg.REPVGG_CONFIGS[name]
+  model = repvgg.RepVGG(num_blocks=num_blocks, width_multiplier=multiplier, num_classes=1000, deploy=True)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
+  assert sum(x.size for x in jax.tree.leaves(variables['params'])) / 1e6 == pytest.approx(paper_millions, abs=0.01)
+
+
+def _randomise(tree, key, low, high):
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [jax.random.uniform(k, x.shape, x.dtype, low, high) for k, x in zip(keys, leaves)])
+
+
+@pytest.mark.parametrize('dtype, tol', [('float64', 1e-10), ('float32', 2e-4)])
+@pytest.mark.parametrize('skip', [(1, 1, 1, 1), (1, 0.5, 0, 1)])
+def test_repvgg_reparameterisation_keeps_outputs_and_input_gradients(dtype, tol, skip):
+  """The paper's RepVGG point: the folded plain network gives an attacker the same function and gradients."""
+  make = functools.partial(repvgg.RepVGG, num_blocks=(1, 2, 2, 1), width_multiplier=(0.75, 2.5), num_classes=4,
+                           skip=skip, width=8, dtype=jnp.dtype(dtype))
+  with jax.enable_x64(dtype == 'float64'):
+    train_model, deploy_model = make(), make(deploy=True)
+    variables = models.init_variables(train_model, (1, 32, 32, 3), jax.random.PRNGKey(0))
+    variables = {  # non-trivial BN statistics and affine parameters, as after training
+        'params': _randomise(variables['params'], jax.random.PRNGKey(1), -0.5, 0.5),
+        'batch_stats': {k: {'mean': _randomise(v['mean'], jax.random.PRNGKey(2), -0.3, 0.3),
+                            'var': _randomise(v['var'], jax.random.PRNGKey(3), 0.5, 1.5)} if 'mean' in v else v
+                        for k, v in variables['batch_stats'].items()}}
+    if dtype == 'float64':
+      variables = jax.tree.map(lambda x: x.astype(jnp.float64), variables)
+    deploy_vars = repvgg.reparameterize(jax.device_get(variables), skip)
+    x = jax.random.normal(jax.random.PRNGKey(4), (3, 32, 32, 3), jnp.float64 if dtype == 'float64' else jnp.float32)
+
+    def target_logit(apply, v, images):
+      return apply(v, images)[:, 2].sum()  # an attacker's objective: one class's logit
+
+    out_train = jax.jit(train_model.apply)(variables, x)
+    out_deploy = jax.jit(deploy_model.apply)(deploy_vars, x)
+    grad_train = jax.jit(jax.grad(lambda im: target_logit(train_model.apply, variables, im)))(x)
+    grad_deploy = jax.jit(jax.grad(lambda im: target_logit(deploy_model.apply, deploy_vars, im)))(x)
+  out_train, out_deploy, grad_train, grad_deploy = map(np.asarray, (out_train, out_deploy, grad_train, grad_deploy))
+  scale = float(np.abs(out_train).max())
+  np.testing.assert_allclose(out_deploy, out_train, rtol=0, atol=tol * scale)
+  np.testing.assert_allclose(grad_deploy, grad_train, rtol=0, atol=tol * float(np.abs(grad_train).max()))
+  assert 'rbr_identity' not in str(jax.tree_util.tree_structure(deploy_vars))  # no skip branch is left

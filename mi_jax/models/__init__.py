@@ -6,26 +6,33 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mi_jax.models import densenet, resnet
+from mi_jax.models import densenet, repvgg, resnet
 
 # float64 needs jax_enable_x64; it serves exact numerical comparisons (sharding, parity tests).
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
 
 
 def model_names() -> list[str]:
-  return sorted(resnet.RESNET_STAGES) + sorted(densenet.DENSENET_CONFIGS)
+  return sorted(resnet.RESNET_STAGES) + sorted(densenet.DENSENET_CONFIGS) + sorted(repvgg.REPVGG_CONFIGS)
 
 
-def build_model(model_config: ml_collections.ConfigDict):
-  """Returns the Flax module that `model_config` (config.model) describes."""
+def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
+  """Returns the Flax module that `model_config` (config.model) describes.
+
+  `deploy` selects RepVGG's folded inference form (see repvgg.reparameterize).
+  """
   name = model_config.name
   if name not in model_names():
     raise ValueError(f'config.model.name={name!r} is not a known model; known: {", ".join(model_names())}')
   if model_config.dtype not in _DTYPES:
     raise ValueError(f'config.model.dtype={model_config.dtype!r}: expected one of {sorted(_DTYPES)}')
   skip = tuple(model_config.skip)
-  num_stages = len(resnet.RESNET_STAGES[name][0] if name in resnet.RESNET_STAGES else
-                   densenet.DENSENET_CONFIGS[name][1])
+  if name in resnet.RESNET_STAGES:
+    num_stages = len(resnet.RESNET_STAGES[name][0])
+  elif name in densenet.DENSENET_CONFIGS:
+    num_stages = len(densenet.DENSENET_CONFIGS[name][1])
+  else:
+    num_stages = len(repvgg.REPVGG_CONFIGS[name][0])
   if len(skip) != num_stages:
     raise ValueError(f'config.model.skip={skip} has {len(skip)} entries; {name} has {num_stages} stages')
   for setting in skip:
@@ -33,6 +40,17 @@ def build_model(model_config: ml_collections.ConfigDict):
       resnet.parse_skip(setting)
     except ValueError as e:
       raise ValueError(f'config.model.skip: {e}') from None
+  if name in repvgg.REPVGG_CONFIGS:
+    if any(isinstance(s, str) for s in skip):
+      raise ValueError('config.model.skip: RepVGG takes fixed identity-branch factors only')
+    num_blocks, multiplier = repvgg.REPVGG_CONFIGS[name]
+    return repvgg.RepVGG(num_blocks=num_blocks,
+                         width_multiplier=multiplier,
+                         num_classes=model_config.num_classes,
+                         skip=skip,
+                         deploy=deploy,
+                         width=model_config.width,
+                         dtype=_DTYPES[model_config.dtype])
   if name in densenet.DENSENET_CONFIGS:
     mode = model_config.skip_mode
     if mode not in ('truncate', 'scale'):
