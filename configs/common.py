@@ -48,6 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.skip_mode = 'truncate'         # DenseNet: 'truncate' (official code) or 'scale' (see densenet.py).
   config.model.stem = 'imagenet'              # 'imagenet' (torchvision) or 'small' (3x3/1, for <= 64px).
   config.model.dtype = 'float32'              # Compute dtype: float32 or bfloat16.
+  config.model.init_file = ''                 # torchvision/PPA .pth to start from (e.g. ImageNet weights).
+  config.model.init_reinit = ('fc', 'classifier')  # Leaves of init_file not to load: the head (other class count).
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'facescrub'              # facescrub, celeba1000, image_folder/<name>, mnist_demo/private, ...

@@ -5,6 +5,7 @@ step -> eval each `eval_every_epochs` -> Orbax checkpoint (state, iterator
 state, config) -> metrics (TensorBoard, CSV) and `results.json` in the workdir.
 """
 
+import functools
 import json
 import os
 from typing import Callable
@@ -14,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mi_jax import models
+from mi_jax import convert, models
 from mi_jax.data import pipeline, sources
 from mi_jax.train import checkpoint, optim, reporting, sharding, state as state_lib, steps
 
@@ -80,6 +81,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints)
   data_state = None
   start_step = ckpt.latest_step() or 0
+  if init_variables is None and config.model.init_file:
+    init_variables = functools.partial(convert.init_from_file, config.model)
   if not start_step and init_variables is not None:
     start = init_variables({'params': state.params, 'batch_stats': state.batch_stats})
     state = state.replace(params=start['params'], batch_stats=start['batch_stats'])

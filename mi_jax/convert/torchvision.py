@@ -1,0 +1,115 @@
+"""Import torchvision ResNet/DenseNet weights (ImageNet files, PPA/official-code target checkpoints).
+
+The state dict is read with `torch.load(weights_only=True)` (no code from the
+file runs); wrappers are unwrapped (`state_dict`, `model_state_dict`), `module.`
+(DataParallel) and `model.` (PPA's Classifier) prefixes stripped, and
+DenseNet's legacy key names (`norm.1`, `conv.2`) renamed as torchvision does.
+Every tensor is mapped by name onto the Flax tree of `models.build_model`, then
+merged into a freshly initialised tree with `defenses.transplant`, so a missing,
+extra or wrongly shaped tensor is an error listing all of them -- unless the
+caller names it in `reinit` (e.g. the classifier head for another class count).
+"""
+
+import re
+from typing import Sequence
+
+import numpy as np
+
+from mi_jax.defenses import transplant as transplant_lib
+
+_DENSENET_LEGACY = re.compile(r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$')
+_BN_FIELDS = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
+              'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
+
+
+def read_state_dict(path: str) -> dict:
+  """{name: float32 numpy array} from a torch file, wrappers and prefixes removed."""
+  import torch  # pylint: disable=g-import-not-at-top  (optional dependency: pip install -e '.[torch]')
+  obj = torch.load(path, map_location='cpu', weights_only=True)
+  for key in ('model_state_dict', 'state_dict', 'model'):
+    if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+      obj = obj[key]
+      break
+  return clean_state_dict({k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, 'detach')})
+
+
+def clean_state_dict(state_dict: dict) -> dict:
+  out = {}
+  for key, value in state_dict.items():
+    for prefix in ('module.', 'model.'):
+      if key.startswith(prefix):
+        key = key[len(prefix):]
+    legacy = _DENSENET_LEGACY.match(key)
+    if legacy:  # features.denseblock1.denselayer1.norm.1.weight -> ...norm1.weight
+      key = legacy.group(1) + legacy.group(2)
+    out[key] = np.asarray(value)
+  return out
+
+
+def _flax_path(key: str, kind: str):
+  """torch key -> (collection, flax path, transform) or None for buffers to drop."""
+  *module, field = key.split('.')
+  if field == 'num_batches_tracked':
+    return None
+  if kind == 'resnet':
+    # layer1.0.downsample.0 -> layer1_0/downsample_conv; layer1.0.conv1 -> layer1_0/conv1
+    name = '.'.join(module)
+    name = re.sub(r'^layer(\d+)\.(\d+)\.', r'layer\1_\2/', name)
+    name = name.replace('downsample.0', 'downsample_conv').replace('downsample.1', 'downsample_bn')
+  else:  # densenet: features.denseblock1.denselayer2.norm1 -> denseblock1/denselayer2/norm1
+    name = '.'.join(module)
+    name = re.sub(r'^features\.', '', name).replace('.', '/')
+  leaf = name.split('/')[-1]
+  is_bn = re.match(r'^(bn\d|norm\d?|downsample_bn)$', leaf) is not None
+  if is_bn:
+    collection, flax_field = _BN_FIELDS[field]
+    return collection, f'{name}/{flax_field}', None
+  if field == 'weight':
+    return 'params', f'{name}/kernel', 'conv' if leaf not in ('fc', 'classifier') else 'dense'
+  return 'params', f'{name}/bias', None
+
+
+def to_flax(state_dict: dict, kind: str) -> dict:
+  """torchvision state dict -> {'params': ..., 'batch_stats': ...} with Flax layouts."""
+  if kind not in ('resnet', 'densenet'):
+    raise ValueError(f"kind {kind!r}: expected 'resnet' or 'densenet'")
+  flat = {}
+  for key, value in state_dict.items():
+    mapped = _flax_path(key, kind)
+    if mapped is None:
+      continue
+    collection, path, transform = mapped
+    if transform == 'conv':
+      if value.ndim != 4:
+        raise ValueError(f'{key}: expected a conv weight [O, I, kh, kw], got shape {value.shape}')
+      value = value.transpose(2, 3, 1, 0)  # [O, I, kh, kw] -> [kh, kw, I, O]
+    elif transform == 'dense':
+      value = value.T  # [out, in] -> [in, out]
+    flat[f'{collection}/{path}'] = value.astype(np.float32)
+  tree = {}
+  for path, value in flat.items():
+    node = tree
+    *parents, leaf = path.split('/')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
+
+
+def merge_into(converted: dict, fresh: dict, reinit: Sequence[str] = ()):
+  """Fill a freshly initialised {'params', 'batch_stats'} tree; (tree, TransplantReport)."""
+  fresh = {k: fresh[k] for k in ('params', 'batch_stats')}
+  try:
+    return transplant_lib.transplant(converted, fresh, reinit=reinit, drop=reinit)
+  except transplant_lib.TransplantError as e:
+    raise transplant_lib.TransplantError(
+        f'{e}\nThe weight file does not fit config.model; for another class count name the head in '
+        f"config.model.init_reinit (ResNet: 'fc', DenseNet: 'classifier').") from None
+
+
+def kind_of(model_name: str) -> str:
+  if model_name.startswith('resnet'):
+    return 'resnet'
+  if model_name.startswith('densenet'):
+    return 'densenet'
+  raise ValueError(f'config.model.name={model_name!r}: torchvision weights can be imported for ResNets and DenseNets')
