@@ -14,25 +14,16 @@ import pytest
 torch = pytest.importorskip('torch', reason="torch is not installed (pip install -e '.[test,torch]')")
 
 from mi_jax import convert, models  # pylint: disable=g-import-not-at-top
+from mi_jax.convert import torch_compat  # pylint: disable=g-import-not-at-top
 from mi_jax.convert import torchvision as tv_convert  # pylint: disable=g-import-not-at-top
 from mi_jax.defenses import transplant  # pylint: disable=g-import-not-at-top
 
 
 def _torchvision_models():
-  """torchvision 0.28 is a CUDA build: its ops library does not load with CPU torch, and its
-  meta registrations then fail to import. Declaring the two op schemas first makes the import
-  work (reference/env.md); torchvision.ops is not used here."""
   try:
-    import torchvision  # pylint: disable=g-import-not-at-top
-  except RuntimeError:
-    lib = torch.library.Library('torchvision', 'DEF')  # pylint: disable=unused-variable
-    lib.define('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
-    lib.define('qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
-    _torchvision_models.keep = lib
-    import torchvision  # pylint: disable=g-import-not-at-top
+    return torch_compat.import_torchvision().models
   except ImportError:
-    pytest.skip('torchvision is not installed (pip install torchvision==0.28.0)')
-  return torchvision.models
+    pytest.skip('torchvision is not installed (pip install -e ".[torch]")')
 
 
 def _randomised(net, seed):

@@ -6,14 +6,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mi_jax.models import densenet, repvgg, resnet
+from mi_jax.models import convnext, densenet, mobilenet, repvgg, resnet
 
 # float64 needs jax_enable_x64; it serves exact numerical comparisons (sharding, parity tests).
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
 
 
 def model_names() -> list[str]:
-  return sorted(resnet.RESNET_STAGES) + sorted(densenet.DENSENET_CONFIGS) + sorted(repvgg.REPVGG_CONFIGS)
+  return (sorted(resnet.RESNET_STAGES) + sorted(densenet.DENSENET_CONFIGS) + sorted(repvgg.REPVGG_CONFIGS) +
+          ['mobilenet_v2'] + sorted(convnext.CONVNEXT_CONFIGS))
 
 
 def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
@@ -31,8 +32,12 @@ def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
     num_stages = len(resnet.RESNET_STAGES[name][0])
   elif name in densenet.DENSENET_CONFIGS:
     num_stages = len(densenet.DENSENET_CONFIGS[name][1])
-  else:
+  elif name in repvgg.REPVGG_CONFIGS:
     num_stages = len(repvgg.REPVGG_CONFIGS[name][0])
+  elif name in convnext.CONVNEXT_CONFIGS:
+    num_stages = len(convnext.CONVNEXT_CONFIGS[name][0])
+  else:
+    num_stages = len(mobilenet.INVERTED_RESIDUAL_SETTING)
   if len(skip) != num_stages:
     raise ValueError(f'config.model.skip={skip} has {len(skip)} entries; {name} has {num_stages} stages')
   for setting in skip:
@@ -40,6 +45,26 @@ def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
       resnet.parse_skip(setting)
     except ValueError as e:
       raise ValueError(f'config.model.skip: {e}') from None
+  if name in convnext.CONVNEXT_CONFIGS:
+    depths, dims, stochastic_depth = convnext.CONVNEXT_CONFIGS[name]
+    if model_config.width:  # demos: stage widths width, 2*width, 4*width, 8*width
+      dims = tuple(model_config.width * 2**i for i in range(4))
+    return convnext.ConvNeXt(depths=depths,
+                             dims=dims,
+                             num_classes=model_config.num_classes,
+                             skip=skip,
+                             stochastic_depth=stochastic_depth,
+                             dtype=_DTYPES[model_config.dtype])
+  if name == 'mobilenet_v2':
+    width_mult = model_config.width / 32 if model_config.width else 1.0  # width = stem channels
+    for i, has_residual in enumerate(mobilenet.groups_with_residual(width_mult)):
+      if not has_residual and skip[i] != 1:
+        raise ValueError(f'config.model.skip[{i}]={skip[i]!r}: MobileNetV2 group {i + 1} has no residual '
+                         'connection to remove or scale')
+    return mobilenet.MobileNetV2(num_classes=model_config.num_classes,
+                                 skip=skip,
+                                 width_mult=width_mult,
+                                 dtype=_DTYPES[model_config.dtype])
   if name in repvgg.REPVGG_CONFIGS:
     if any(isinstance(s, str) for s in skip):
       raise ValueError('config.model.skip: RepVGG takes fixed identity-branch factors only')

@@ -20,7 +20,8 @@ def train_step(state, batch, learning_rate_fn):
     logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
                                      batch['image'],
                                      train=True,
-                                     mutable=['batch_stats'])
+                                     mutable=['batch_stats'],
+                                     rngs={'dropout': jax.random.fold_in(state.rng, state.step)})
     return cross_entropy(logits, batch['label']).mean(), (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
