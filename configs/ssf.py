@@ -1,21 +1,30 @@
 """SSF: scale the last stage's skip connections by k (fixed, or learnable in [0, 1]).
 
-The paper's rows use k = 0.2 for additive skips (ResNet); pass k on the
-command line for other models (the paper: 0.01 for DenseNet's concatenation):
+The paper's rows use k = 0.2 for additive skips (ResNet) and k = 0.01 for
+DenseNet's concatenation. Name the model in the preset so k follows it:
 
-  python launch.py --config=configs/ssf.py --workdir=/ckpt/r101_ssf \\
-      --config.model.name=resnet101 --config.data.manual_dir=/data/facescrub
-  python launch.py --config=configs/ssf.py:learn --workdir=/ckpt/r101_ssf_learn   # k learnt, init 0.2
+  python launch.py --config=configs/ssf.py:model=resnet101 --workdir=/ckpt/r101_ssf \\
+      --config.data.manual_dir=/data/facescrub
+  python launch.py --config=configs/ssf.py:model=densenet121 --workdir=/ckpt/d121_ssf   # k = 0.01
+  python launch.py --config=configs/ssf.py:learn --workdir=/ckpt/r18_ssf_learn        # k learnt, init 0.2
+
+(`--config.model.name=...` on its own keeps the preset's k: set k explicitly then, `:k=0.01`.)
 
 Demo: python launch.py --config=configs/ssf.py:demo --workdir=workdir/ssf_demo
-Presets: demo, tiny, learn (combinable: `demo,learn`), k=0.4.
+Presets: demo, tiny, learn, model=NAME, k=K (combinable: `demo,learn,k=0.4`).
 """
 
 from configs import baseline, common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, demo=False, tiny=False, epochs=8, learn=False, k=0.2)
+  arg = common.parse_arg(arg, demo=False, tiny=False, epochs=8, learn=False, k=-1.0, model='')
   config = baseline.get_config(','.join(n for n in ('demo', 'tiny') if arg[n]) + f',epochs={arg.epochs}')
-  config.model.skip = (1.0, 1.0, 1.0, f'learn:{arg.k}' if arg.learn else arg.k)
+  if arg.model:
+    config.model.name = arg.model
+  concatenative = config.model.name.startswith('densenet')
+  k = arg.k if arg.k >= 0 else (0.01 if concatenative else 0.2)
+  if arg.learn and concatenative:
+    config.model.skip_mode = 'scale'  # truncation has no gradient in k
+  config.model.skip = (1.0, 1.0, 1.0, f'learn:{k}' if arg.learn else k)
   return config

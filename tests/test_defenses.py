@@ -73,6 +73,10 @@ def test_defense_configs():
   assert (paper.tts.stage1_epochs, paper.train.epochs - paper.tts.stage1_epochs) == (5, 95)
   assert ssf.get_config().model.skip == (1.0, 1.0, 1.0, 0.2)
   assert ssf.get_config('demo,learn').model.skip[-1] == 'learn:0.2'
+  dense = ssf.get_config('model=densenet121')
+  assert dense.model.name == 'densenet121' and dense.model.skip[-1] == 0.01  # the paper's concatenative k
+  assert ssf.get_config('model=densenet121,learn').model.skip_mode == 'scale'
+  assert ssf.get_config('model=densenet121,k=0.5').model.skip[-1] == 0.5
   for config in (paper, tts_config.get_config('demo'), ssf.get_config('demo,learn,k=0.5')):
     jobs.validate_config(config)
   bad = tts_config.get_config()

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mi_jax.models import convnext, densenet, mobilenet, repvgg, resnet
+from mi_jax.models import skip as skip_lib
 
 # float64 needs jax_enable_x64; it serves exact numerical comparisons (sharding, parity tests).
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
@@ -42,7 +43,7 @@ def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
     raise ValueError(f'config.model.skip={skip} has {len(skip)} entries; {name} has {num_stages} stages')
   for setting in skip:
     try:
-      resnet.parse_skip(setting)
+      skip_lib.parse_skip(setting)
     except ValueError as e:
       raise ValueError(f'config.model.skip: {e}') from None
   if name in convnext.CONVNEXT_CONFIGS:

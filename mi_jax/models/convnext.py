@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mi_jax.models.resnet import parse_skip
+from mi_jax.models import skip as skip_lib
 
 trunc_normal = nn.initializers.truncated_normal(0.02)  # torchvision: trunc_normal_(std=0.02), zero bias
 
@@ -34,9 +34,7 @@ class Block(nn.Module):
     if train and self.drop_path > 0:  # 'row' mode: drop the whole residual branch per sample
       keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.drop_path, (x.shape[0], 1, 1, 1))
       y = y * keep / (1.0 - self.drop_path)
-    if isinstance(skip_scale, float) and skip_scale == 0.0:
-      return y
-    return y + (x if isinstance(skip_scale, float) and skip_scale == 1.0 else skip_scale * x)
+    return skip_lib.add_skip(y, lambda: x, skip_scale)
 
 
 class ConvNeXt(nn.Module):
@@ -58,12 +56,7 @@ class ConvNeXt(nn.Module):
     x = layer_norm('stem_norm')(x)
     total, block_id = sum(self.depths), 0
     for i, depth in enumerate(self.depths):
-      kind, k = parse_skip(self.skip[i])
-      if kind == 'learn':
-        skip_scale = jnp.clip(self.param(f'skip_scale_stage{i + 1}', nn.initializers.constant(k), (), jnp.float32),
-                              0.0, 1.0).astype(self.dtype)
-      else:
-        skip_scale = k
+      skip_scale = skip_lib.stage_skip_scale(self, i + 1, self.skip[i], self.dtype)
       if i > 0:
         x = layer_norm(f'downsample{i}_norm')(x)
         x = nn.Conv(self.dims[i], (2, 2), strides=(2, 2), padding='VALID', kernel_init=trunc_normal,

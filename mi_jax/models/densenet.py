@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mi_jax.models.resnet import parse_skip
+from mi_jax.models import skip as skip_lib
 
 # torchvision DenseNet: kaiming_normal_ with the default fan_in mode.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
@@ -117,14 +117,9 @@ class DenseNet(nn.Module):
       raise ValueError(f"stem {self.stem!r}: expected 'imagenet' or 'small'")
 
     for i, num_layers in enumerate(self.block_config):
-      kind, k = parse_skip(self.skip[i])
-      if kind == 'learn':
-        if self.skip_mode != 'scale':
-          raise ValueError("a learnable DenseNet skip needs skip_mode='scale' (truncation is not differentiable)")
-        skip_scale = jnp.clip(self.param(f'skip_scale_stage{i + 1}', nn.initializers.constant(k), (), jnp.float32),
-                              0.0, 1.0).astype(self.dtype)
-      else:
-        skip_scale = k
+      if skip_lib.parse_skip(self.skip[i])[0] == 'learn' and self.skip_mode != 'scale':
+        raise ValueError("a learnable DenseNet skip needs skip_mode='scale' (truncation is not differentiable)")
+      skip_scale = skip_lib.stage_skip_scale(self, i + 1, self.skip[i], self.dtype)
       x = self.perturb(f'stage{i + 1}_input', x)
       x = DenseBlock(num_layers, growth, self.bn_size, norm, self.skip_mode, self.dtype,
                      name=f'denseblock{i + 1}')(x, skip_scale)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mi_jax.models.resnet import parse_skip
+from mi_jax.models import skip as skip_lib
 
 # (expansion t, channels c, blocks n, first stride s) -- torchvision's inverted_residual_setting.
 INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -73,9 +73,7 @@ class InvertedResidual(nn.Module):
     y = ConvBN(hidden, 3, self.strides, groups=hidden, norm=self.norm, dtype=self.dtype, name='depthwise')(y)
     y = ConvBN(self.features, 1, act=False, norm=self.norm, dtype=self.dtype, name='project')(y)
     if self.strides == 1 and x.shape[-1] == self.features:  # torchvision use_res_connect
-      if isinstance(skip_scale, float) and skip_scale == 0.0:
-        return y
-      return y + (x if isinstance(skip_scale, float) and skip_scale == 1.0 else skip_scale * x)
+      return skip_lib.add_skip(y, lambda: x, skip_scale)
     return y
 
 
@@ -96,12 +94,7 @@ class MobileNetV2(nn.Module):
     x = jnp.asarray(x, self.dtype)
     x = ConvBN(make_divisible(32 * self.width_mult), 3, 2, norm=norm, dtype=self.dtype, name='stem')(x)
     for i, (t, c, n, s) in enumerate(self.block_setting):
-      kind, k = parse_skip(self.skip[i])
-      if kind == 'learn':
-        skip_scale = jnp.clip(self.param(f'skip_scale_stage{i + 1}', nn.initializers.constant(k), (), jnp.float32),
-                              0.0, 1.0).astype(self.dtype)
-      else:
-        skip_scale = k
+      skip_scale = skip_lib.stage_skip_scale(self, i + 1, self.skip[i], self.dtype)
       x = self.perturb(f'stage{i + 1}_input', x)
       for j in range(n):
         x = InvertedResidual(make_divisible(c * self.width_mult), s if j == 0 else 1, t, norm, self.dtype,

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mi_jax.models.resnet import parse_skip
+from mi_jax.models.skip import parse_skip
 
 BN_EPSILON = 1e-5
 

@@ -23,25 +23,12 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mi_jax.models import skip as skip_lib
+
 ModuleDef = Any
 
 # torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu').
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
-
-def parse_skip(setting) -> tuple[str, float]:
-  """Returns ('fixed', k) or ('learn', k_init) for one stage's skip setting."""
-  if isinstance(setting, str):
-    name, _, init = setting.partition(':')
-    if name != 'learn':
-      raise ValueError(f"skip setting {setting!r}: expected a number in [0, 1], 'learn' or 'learn:K'")
-    k = float(init) if init else 1.0
-    kind = 'learn'
-  else:
-    k, kind = float(setting), 'fixed'
-  if not 0.0 <= k <= 1.0:
-    raise ValueError(f'skip setting {setting!r}: k must lie in [0, 1]')
-  return kind, k
 
 
 def _conv(features, kernel, strides=1, dtype=jnp.float32, name=None):
@@ -74,13 +61,9 @@ class BasicBlock(nn.Module):
 
   def _add_shortcut(self, residual, x, skip_scale):
     """residual + k * shortcut(x); the shortcut is computed only when k can be non-zero."""
-    if isinstance(skip_scale, float) and skip_scale == 0.0:
-      if self.is_initializing():
-        self._shortcut(x)  # a removed projection still owns params: the tree must not depend on skip
-      return residual
-    if isinstance(skip_scale, float) and skip_scale == 1.0:
-      return residual + self._shortcut(x)
-    return residual + skip_scale * self._shortcut(x)
+    if isinstance(skip_scale, float) and skip_scale == 0.0 and self.is_initializing():
+      self._shortcut(x)  # a removed projection still owns params: the tree must not depend on skip
+    return skip_lib.add_skip(residual, lambda: self._shortcut(x), skip_scale)
 
   def _shortcut(self, x):
     if x.shape[-1] != self.features * self.expansion or self.strides != 1:
@@ -135,12 +118,7 @@ class ResNet(nn.Module):
       raise ValueError(f"stem {self.stem!r}: expected 'imagenet' or 'small'")
 
     for i, num_blocks in enumerate(self.stage_sizes):
-      kind, k = parse_skip(self.skip[i])
-      if kind == 'learn':
-        raw = self.param(f'skip_scale_stage{i + 1}', nn.initializers.constant(k), (), jnp.float32)
-        skip_scale = jnp.clip(raw, 0.0, 1.0).astype(self.dtype)
-      else:
-        skip_scale = k
+      skip_scale = skip_lib.stage_skip_scale(self, i + 1, self.skip[i], self.dtype)
       # Named perturbation point: the gradient w.r.t. it is dL/dz_i at the stage input.
       x = self.perturb(f'stage{i + 1}_input', x)
       for j in range(num_blocks):
