@@ -4,7 +4,6 @@ Needs the optional torch extra (pip install -e '.[torch]' plus torchvision==0.28
 skipped with the reason when torch is absent.
 """
 
-import os
 
 import jax
 import ml_collections

@@ -13,6 +13,7 @@ caller names it in `reinit` (e.g. the classifier head for another class count).
 import re
 from typing import Sequence
 
+from flax import traverse_util
 import numpy as np
 
 from mi_jax.defenses import transplant as transplant_lib
@@ -86,14 +87,7 @@ def to_flax(state_dict: dict, kind: str) -> dict:
     elif transform == 'dense':
       value = value.T  # [out, in] -> [in, out]
     flat[f'{collection}/{path}'] = value.astype(np.float32)
-  tree = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
+  return traverse_util.unflatten_dict(flat, sep='/')
 
 
 def merge_into(converted: dict, fresh: dict, reinit: Sequence[str] = ()):

@@ -21,12 +21,12 @@ setting k acts on them in one of two ways (`skip_mode`):
               ('learn', clipped to [0, 1]).
 """
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mi_jax.models import layers
 from mi_jax.models import skip as skip_lib
 
 # torchvision DenseNet: kaiming_normal_ with the default fan_in mode.
@@ -101,8 +101,7 @@ class DenseNet(nn.Module):
   def __call__(self, x, train: bool = False):
     if len(self.skip) != len(self.block_config):
       raise ValueError(f'skip has {len(self.skip)} entries, the model has {len(self.block_config)} dense blocks')
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype)
+    norm = layers.batch_norm(train, self.dtype)
     growth = self.width // 2 if self.width else self.growth_rate
     x = jnp.asarray(x, self.dtype)
     if self.stem == 'imagenet':

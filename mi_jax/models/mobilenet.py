@@ -8,12 +8,12 @@ nothing -- the official `skip: [1,1,1,1,1,1,0]` is a no-op (reference/mission.md
 `build_model` refuses a non-1 setting there rather than silently ignore it.
 """
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mi_jax.models import layers
 from mi_jax.models import skip as skip_lib
 
 # (expansion t, channels c, blocks n, first stride s) -- torchvision's inverted_residual_setting.
@@ -89,8 +89,7 @@ class MobileNetV2(nn.Module):
   def __call__(self, x, train: bool = False):
     if len(self.skip) != len(self.block_setting):
       raise ValueError(f'skip has {len(self.skip)} entries, the model has {len(self.block_setting)} groups')
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype)
+    norm = layers.batch_norm(train, self.dtype)
     x = jnp.asarray(x, self.dtype)
     x = ConvBN(make_divisible(32 * self.width_mult), 3, 2, norm=norm, dtype=self.dtype, name='stem')(x)
     for i, (t, c, n, s) in enumerate(self.block_setting):

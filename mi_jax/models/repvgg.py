@@ -20,9 +20,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from mi_jax.models import layers
 from mi_jax.models.skip import parse_skip
 
-BN_EPSILON = 1e-5
+BN_EPSILON = layers.BN_EPSILON
 
 
 def _conv(features, kernel, strides, use_bias, dtype, name):
@@ -69,8 +70,7 @@ class RepVGG(nn.Module):
   def __call__(self, x, train: bool = False):
     if len(self.skip) != len(self.num_blocks):
       raise ValueError(f'skip has {len(self.skip)} entries, the model has {len(self.num_blocks)} stages')
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON,
-                             dtype=self.dtype)
+    norm = layers.batch_norm(train, self.dtype)
     a, b = self.width_multiplier
     base = self.width or int(64 * a)
     widths = [base, 2 * base, 4 * base, int(512 * b * base / (64 * a))]

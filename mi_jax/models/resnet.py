@@ -17,12 +17,12 @@ projection still owns its params, they just receive no gradient), so weights
 move freely between variants; only 'learn' adds one scalar `skip_scale_stage{i}`.
 """
 
-import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mi_jax.models import layers
 from mi_jax.models import skip as skip_lib
 
 ModuleDef = Any
@@ -101,11 +101,7 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     if len(self.skip) != len(self.stage_sizes):
       raise ValueError(f'skip has {len(self.skip)} entries, the model has {len(self.stage_sizes)} stages')
-    norm = functools.partial(nn.BatchNorm,
-                             use_running_average=not train,
-                             momentum=0.9,    # = torch momentum 0.1
-                             epsilon=1e-5,
-                             dtype=self.dtype)
+    norm = layers.batch_norm(train, self.dtype)
     x = jnp.asarray(x, self.dtype)
     if self.stem == 'imagenet':
       x = _conv(self.width, 7, 2, dtype=self.dtype, name='conv1')(x)
