@@ -97,7 +97,8 @@ def demo_data(config: ml_collections.ConfigDict, split: str = 'private', dataset
   config.data.augment.saturation = 0.0
   config.data.augment.hue = 0.0
   config.data.augment.hflip = False
-  config.model.num_classes = 5
+  if 'model' in config:  # a classifier's head; the GAN config has no model section
+    config.model.num_classes = 5
 
 
 def demo_model(config: ml_collections.ConfigDict):

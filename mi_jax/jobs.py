@@ -11,6 +11,8 @@ import ml_collections
 JOBS = {
     'train': 'mi_jax.train.trainer:train_and_evaluate',
     'tts': 'mi_jax.defenses.tts:train_tts',
+    'gan': 'mi_jax.train.gan:train_gan',
+    'import_stylegan': 'mi_jax.convert.stylegan:import_stylegan',
 }
 
 # Environment variables by which cluster launchers announce a multi-process job.
@@ -57,6 +59,16 @@ def _check(condition: bool, field: str, value, expected: str):
 def validate_config(config: ml_collections.ConfigDict):
   """Fails early, naming the field, on values that would only break deep inside a job."""
   _check(config.job in JOBS, 'job', config.job, f'expected one of {sorted(JOBS)}')
+  if config.job == 'gan':
+    from mi_jax.train import gan  # pylint: disable=g-import-not-at-top
+    return gan.validate_config(config)
+  if config.job == 'import_stylegan':
+    from mi_jax.convert import stylegan  # pylint: disable=g-import-not-at-top
+    return stylegan.validate_config(config)
+  _validate_classifier_config(config)
+
+
+def _validate_classifier_config(config: ml_collections.ConfigDict):
   from mi_jax import models  # pylint: disable=g-import-not-at-top
   from mi_jax.data import sources  # pylint: disable=g-import-not-at-top
   models.build_model(config.model)  # validates name, dtype and skip

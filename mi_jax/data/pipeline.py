@@ -64,10 +64,14 @@ def per_process_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-def train_dataset(source, data_config, global_batch_size: int, num_epochs: int, seed: int) -> grain.IterDataset:
-  """Shuffled (anew each epoch), augmented, batched; this process's share of every global batch."""
+def train_dataset(source, data_config, global_batch_size: int, num_epochs: int, seed: int,
+                  augment: bool = True) -> grain.IterDataset:
+  """Shuffled (anew each epoch), augmented (unless not `augment`), batched; this process's share of every batch."""
   ds = grain.MapDataset.source(source).repeat(num_epochs).shuffle(seed=seed)
-  ds = ds.random_map(train_transform(data_config), seed=seed)
+  if augment:
+    ds = ds.random_map(train_transform(data_config), seed=seed)
+  else:
+    ds = ds.map(EvalTransform(data_config.image_size))
   ds = ds[jax.process_index()::jax.process_count()]
   ds = ds.batch(per_process_batch_size(global_batch_size), drop_remainder=True)
   it = ds.to_iter_dataset()

@@ -19,28 +19,33 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be used with the current config."""
 
 
-def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
+def _manager(directory: str, keep: int, best_metric: str | None) -> ocp.CheckpointManager:
   policies = ocp.checkpoint_managers
+  kept = [policies.LatestN(keep)]
+  best = {}
+  if best_metric is not None:
+    kept.append(policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
+                               keep_checkpoints_without_metrics=False))
+    # best_fn also makes Orbax write the metrics, so BestN survives a restart.
+    best = dict(best_fn=lambda m: m[best_metric], best_mode='max')
   options = ocp.CheckpointManagerOptions(
-      best_fn=lambda m: m[BEST_METRIC],  # also makes Orbax write the metrics, so BestN survives a restart
-      best_mode='max',
-      preservation_policy=policies.AnyPreservationPolicy([
-          policies.LatestN(keep),
-          policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
-                         keep_checkpoints_without_metrics=False),
-      ]),
+      preservation_policy=policies.AnyPreservationPolicy(kept),
       enable_async_checkpointing=True,
       cleanup_tmp_directories=True,  # half-written saves of a killed job
-  )
+      **best)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
 class Checkpointer:
-  """Saves and restores one run's TrainState, data-iterator state and config."""
+  """Saves and restores one run's state, data-iterator state and config.
 
-  def __init__(self, directory: str, keep: int = 2):
+  Keeps the latest `keep` checkpoints, plus the best by `best_metric` (higher is
+  better) unless it is None.
+  """
+
+  def __init__(self, directory: str, keep: int = 2, best_metric: str | None = BEST_METRIC):
     self.directory = directory
-    self._manager = _manager(directory, keep)
+    self._manager = _manager(directory, keep, best_metric)
 
   def latest_step(self):
     return self._manager.latest_step()
@@ -112,11 +117,11 @@ def abstract_like(tree):
 IDENTITY_FIELDS = ('model', 'data.name', 'data.image_size', 'optim', 'train.batch_size', 'train.epochs', 'seed')
 
 
-def check_same_run(saved: dict, config: ml_collections.ConfigDict, where: str):
-  """Raises CheckpointError naming every identity field that differs from the saved config."""
+def check_same_run(saved: dict, config: ml_collections.ConfigDict, where: str, fields=IDENTITY_FIELDS):
+  """Raises CheckpointError naming every identity field (dotted) that differs from the saved config."""
   current = json.loads(config.to_json_best_effort())
   diffs = []
-  for field in IDENTITY_FIELDS:
+  for field in fields:
     a, b = saved, current
     for part in field.split('.'):
       a = a.get(part) if isinstance(a, dict) else None

@@ -19,6 +19,15 @@ def format_duration(seconds: float) -> str:
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
+def check_finite(step: int, metrics: dict, workdir: str, hint: str):
+  """Stops a run whose logged metrics went NaN/inf, before anything bad is checkpointed."""
+  bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+  if bad:
+    raise FloatingPointError(
+        f'non-finite training metrics at step {step}: {bad}. Nothing after the last checkpoint was saved; '
+        f'the checkpoints in {workdir}/checkpoints are intact. {hint}')
+
+
 class Progress:
   """Logs 'step i/N (p%) | x steps/s, y ex/s | ETA ...' whenever `update` gets metrics.
 

@@ -33,14 +33,6 @@ def evaluate(eval_step, state, source, data_config, batch_size: int, mesh) -> di
           'test_top5': totals['top5'] / count}
 
 
-def check_finite(step: int, metrics: dict, workdir: str):
-  bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
-  if bad:
-    raise FloatingPointError(
-        f'non-finite training metrics at step {step}: {bad}. Nothing after the last checkpoint was saved; '
-        f'the checkpoints in {workdir}/checkpoints are intact. Lower config.optim.lr or check the data.')
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str,
                        on_step: Callable[[int], None] | None = None,
@@ -117,7 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       summary = {f'train_{k}': float(np.mean(v)) for k, v in jax.device_get(
           jax.tree.map(lambda *xs: np.stack(xs), *window)).items()}
       window = []
-      check_finite(step, summary, workdir)
+      reporting.check_finite(step, summary, workdir, 'Lower config.optim.lr or check the data.')
       summary['epoch'] = step / steps_per_epoch
       writer.write_scalars(step, summary)
       progress.update(step, {'loss': summary['train_loss'], 'acc': summary['train_accuracy']})

@@ -1,0 +1,27 @@
+"""The `import_stylegan` job: an NVIDIA StyleGAN2-ADA pickle -> a generator directory (the workdir).
+
+  python launch.py --config=configs/import_stylegan.py --config.pickle=~/ffhq.pkl --workdir=~/generators/ffhq
+
+Nothing in the pickle is executed (third_party/stylegan_jax/nvidia_pickle.py); torch is needed for this step only.
+"""
+
+import os
+
+from absl import logging
+import ml_collections
+
+from third_party.stylegan_jax import nvidia_pickle
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  path = os.path.expanduser(config.pickle)
+  if not config.pickle or not os.path.isfile(path):
+    raise ValueError(f'config.pickle={config.pickle!r}: not a file (name the NVIDIA network pickle to import)')
+  if config.network not in ('G_ema', 'G'):
+    raise ValueError(f'config.network={config.network!r}: expected G_ema or G')
+
+
+def import_stylegan(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  gen_config = nvidia_pickle.import_pickle(os.path.expanduser(config.pickle), workdir, config.network)
+  logging.info('Wrote %s from %s[%s]: %s', workdir, config.pickle, config.network, gen_config)
+  return gen_config.to_dict()

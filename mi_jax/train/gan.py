@@ -1,0 +1,181 @@
+"""The `gan` job: train a StyleGAN2 image prior on a public data set, resumable after a kill.
+
+Flow: config -> TFDS source (no augmentation) -> jitted G/D step sharded over the
+batch (third_party/stylegan_jax/training.py) -> Orbax checkpoint (state, iterator
+state, config) -> metrics (TensorBoard, CSV), sample grids of G_ema from fixed
+latents in `<workdir>/samples/`, and at the end the G_ema generator directory
+`<workdir>/generator/` that the attack reads.
+"""
+
+import json
+import math
+import os
+from typing import Callable
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from mi_jax.data import pipeline, sources
+from mi_jax.train import checkpoint, reporting, sharding
+from third_party.stylegan_jax import checkpoint as generator_io
+from third_party.stylegan_jax import networks, training
+
+# Config fields whose change makes an existing checkpoint meaningless for the run.
+IDENTITY_FIELDS = ('generator', 'discriminator', 'gan', 'data.name', 'data.image_size', 'train.batch_size', 'seed')
+GENERATOR_DIR = 'generator'
+
+
+def generator_config(config: ml_collections.ConfigDict, img_channels: int) -> networks.GeneratorConfig:
+  g = config.generator
+  return networks.GeneratorConfig(
+      z_dim=g.z_dim, c_dim=0, w_dim=g.w_dim, img_resolution=config.data.image_size, img_channels=img_channels,
+      mapping_layers=g.mapping_layers, mapping_lr_multiplier=g.mapping_lr_multiplier, w_avg_beta=g.w_avg_beta,
+      channel_base=g.channel_base, channel_max=g.channel_max, conv_clamp=g.conv_clamp or None)
+
+
+def discriminator(config: ml_collections.ConfigDict, img_channels: int) -> networks.Discriminator:
+  d = config.discriminator
+  return networks.Discriminator(img_resolution=config.data.image_size, img_channels=img_channels,
+                                channel_base=d.channel_base, channel_max=d.channel_max,
+                                mbstd_group_size=d.mbstd_group_size, conv_clamp=config.generator.conv_clamp or None)
+
+
+def hyperparams(config: ml_collections.ConfigDict) -> training.GanHyperparams:
+  h = config.gan
+  return training.GanHyperparams(g_lr=h.g_lr, d_lr=h.d_lr, betas=tuple(h.betas), r1_gamma=h.r1_gamma,
+                                 r1_interval=h.r1_interval, style_mixing=h.style_mixing, ema_kimg=h.ema_kimg,
+                                 ema_rampup=h.ema_rampup or None)
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """Fails early, naming the field, on values that would only break deep inside the job."""
+  def check(ok, field, value, expected):
+    if not ok:
+      raise ValueError(f'config.{field}={value!r}: {expected}')
+  size = config.data.image_size
+  check(size >= 4 and size & (size - 1) == 0, 'data.image_size', size, 'expected a power of two >= 4')
+  for field in ('generator.z_dim', 'generator.w_dim', 'generator.mapping_layers', 'generator.channel_base',
+                'generator.channel_max', 'discriminator.channel_base', 'discriminator.channel_max',
+                'train.steps', 'train.batch_size', 'train.log_every_steps', 'train.checkpoint_every_steps',
+                'train.sample_every_steps', 'train.keep_checkpoints', 'train.num_samples', 'gan.r1_interval'):
+    section, key = field.split('.')
+    value = config[section][key]
+    check(isinstance(value, int) and value > 0, field, value, 'expected a positive integer')
+  group = config.discriminator.mbstd_group_size
+  check(group >= 0 and (group == 0 or config.train.batch_size % min(group, config.train.batch_size) == 0),
+        'discriminator.mbstd_group_size', group, f'expected 0 or a divisor of train.batch_size')
+  check(len(config.gan.betas) == 2 and all(0 <= b < 1 for b in config.gan.betas), 'gan.betas', config.gan.betas,
+        'expected two values in [0, 1)')
+  check(0 <= config.gan.style_mixing <= 1, 'gan.style_mixing', config.gan.style_mixing, 'expected a probability')
+  sources.resolve(config.data)
+
+
+def _sample_fn(G: networks.Generator):
+  return jax.jit(lambda variables, z: G.apply(variables, z, noise_mode='const'))
+
+
+def train_gan(config: ml_collections.ConfigDict, workdir: str,
+              on_step: Callable[[int], None] | None = None) -> dict:
+  """Trains (or resumes) the GAN in `workdir`; returns a summary. `on_step(step)` as in trainer.py."""
+  mesh = sharding.make_mesh(config.num_devices)
+
+  # ---------------------------------------------------------------- data
+  builder = sources.prepare(config.data)
+  source = sources.get_source(builder, config.data.train_split)
+  img_channels = builder.info.features['image'].shape[-1]
+  batch_size, total_steps = config.train.batch_size, config.train.steps
+  epochs = math.ceil(total_steps * batch_size / len(source))
+
+  # ---------------------------------------------------------------- models and state
+  gen_config = generator_config(config, img_channels)
+  G, D = networks.Generator(gen_config), discriminator(config, img_channels)
+  hp = hyperparams(config)
+  state = jax.device_put(training.create_state(G, D, hp, config.seed), sharding.replicated(mesh))
+  ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints,
+                                 best_metric=None)
+  start_step, data_state = ckpt.latest_step() or 0, None
+  if start_step:
+    checkpoint.check_same_run(ckpt.restore_config(start_step), config, f'{workdir}/checkpoints/{start_step}',
+                              fields=IDENTITY_FIELDS)
+    state, data_state, _ = ckpt.restore(start_step, checkpoint.abstract_like(state))
+    logging.info('Resuming from %s/checkpoints/%d (%.1f kimg)', workdir, start_step, start_step * batch_size / 1e3)
+  train_iter = iter(pipeline.train_dataset(source, config.data, batch_size, epochs, config.seed, augment=False))
+  if data_state is not None:
+    train_iter.set_state(data_state)
+  plain_step, r1_step = training.compile_train_steps(G, D, hp, sharding.replicated(mesh), sharding.data_sharded(mesh))
+
+  # ---------------------------------------------------------------- reporting
+  writer = reporting.MetricWriter(workdir, resume_step=start_step)
+  progress = reporting.Progress(total_steps, batch_size, name='gan')
+  sample = _sample_fn(G)
+  fixed_z = np.random.RandomState(config.seed).randn(config.train.num_samples, gen_config.z_dim).astype(np.float32)
+  samples_dir = os.path.join(workdir, 'samples')
+  os.makedirs(samples_dir, exist_ok=True)
+
+  def write_samples(step):
+    grid = reporting.image_grid(np.asarray(sample(state.ema_variables(), fixed_z)))
+    reporting.save_png(os.path.join(samples_dir, f'fakes_{step:06d}.png'), grid)
+    writer.write_images(step, 'fakes', grid)
+    return grid
+
+  logging.info('Training a %dx%d StyleGAN2 on %s: %d images, %d steps of %d (%.0f kimg), %d devices',
+               gen_config.img_resolution, gen_config.img_resolution, config.data.name, len(source), total_steps,
+               batch_size, total_steps * batch_size / 1e3, mesh.devices.size)
+
+  # ---------------------------------------------------------------- loop
+  window, r1_values = [], []
+  for step in range(start_step + 1, total_steps + 1):
+    batch = next(train_iter)
+    if step == 1 and jax.process_index() == 0:
+      grid = reporting.image_grid(batch['image'][:config.train.num_samples])
+      reporting.save_png(os.path.join(samples_dir, 'reals.png'), grid)
+      writer.write_images(0, 'reals', grid)
+      write_samples(0)
+    with_r1 = step % hp.r1_interval == 0
+    state, metrics = (r1_step if with_r1 else plain_step)(state, sharding.shard_batch(batch['image'], mesh))
+    window.append(metrics)
+    if with_r1:
+      r1_values.append(metrics['r1'])
+
+    if step % config.train.log_every_steps == 0 or step == total_steps:
+      summary = {k: float(np.mean(v)) for k, v in jax.device_get(
+          jax.tree.map(lambda *xs: np.stack(xs), *window)).items() if k != 'r1'}
+      if r1_values:
+        summary['r1'] = float(np.mean(jax.device_get(r1_values)))
+      window, r1_values = [], []
+      reporting.check_finite(step, summary, workdir,
+                             'Lower config.gan.g_lr/d_lr or raise config.gan.r1_gamma and relaunch.')
+      summary['kimg'] = step * batch_size / 1e3
+      writer.write_scalars(step, summary)
+      progress.update(step, {k: summary[k] for k in ('loss_g', 'loss_d', 'd_real', 'd_fake')})
+    else:
+      progress.update(step)
+    if step % config.train.sample_every_steps == 0 or step == total_steps:
+      write_samples(step)
+    if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
+      ckpt.save(step, state, train_iter.get_state(), config, {})
+    if on_step is not None:
+      ckpt.wait()
+      on_step(step)
+  ckpt.wait()
+
+  # ---------------------------------------------------------------- export G_ema
+  generator_dir = os.path.join(workdir, GENERATOR_DIR)
+  if jax.process_index() == 0:
+    if not os.path.exists(os.path.join(generator_dir, generator_io.CONFIG_FILE)):
+      generator_io.save_generator(generator_dir, gen_config, jax.device_get(state.ema_variables()),
+                                  source={'job': 'gan', 'data': config.data.name, 'steps': total_steps,
+                                          'seed': config.seed})
+    reporting.save_png(os.path.join(workdir, 'samples.png'), write_samples(total_steps))
+  results = {'steps': total_steps, 'kimg': total_steps * batch_size / 1e3, 'generator': generator_dir,
+             'train_examples': len(source)}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=2)
+  writer.close()
+  ckpt.close()
+  logging.info('Done: %s', results)
+  return results
+

@@ -1,0 +1,10 @@
+"""StyleGAN2(-ADA) in JAX/Flax: generator, discriminator, training losses, NVIDIA pickle import.
+
+  config, variables, _ = checkpoint.load_generator('generators/ffhq')
+  G = networks.Generator(config)
+  ws = G.apply(variables, z, truncation_psi=0.5, truncation_cutoff=8, method=G.map)
+  img = G.apply(variables, ws, noise_mode='const', method=G.synthesize)   # [N, R, R, C] in [-1, 1]
+"""
+
+from third_party.stylegan_jax.checkpoint import load_generator, save_generator
+from third_party.stylegan_jax.networks import Discriminator, Generator, GeneratorConfig
