@@ -26,7 +26,7 @@ from absl import logging
 import ml_collections
 
 from mi_jax.defenses import transplant
-from mi_jax.train import checkpoint, trainer
+from mi_jax.train import checkpoint, reporting, trainer
 
 
 def stage_configs(config: ml_collections.ConfigDict):
@@ -69,6 +69,5 @@ def train_tts(config: ml_collections.ConfigDict,
   os.makedirs(dir2, exist_ok=True)
   results2 = trainer.train_and_evaluate(stage2, dir2, on_step=hook('stage2'), init_variables=from_stage1)
   results = {'stage1': results1, 'stage2': results2, **results2}
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2)
+  reporting.write_results(workdir, results)
   return results

@@ -7,7 +7,6 @@ latents in `<workdir>/samples/`, and at the end the G_ema generator directory
 `<workdir>/generator/` that the attack reads.
 """
 
-import json
 import math
 import os
 from typing import Callable
@@ -65,7 +64,7 @@ def validate_config(config: ml_collections.ConfigDict):
     check(isinstance(value, int) and value > 0, field, value, 'expected a positive integer')
   group = config.discriminator.mbstd_group_size
   check(group >= 0 and (group == 0 or config.train.batch_size % min(group, config.train.batch_size) == 0),
-        'discriminator.mbstd_group_size', group, f'expected 0 or a divisor of train.batch_size')
+        'discriminator.mbstd_group_size', group, 'expected 0 or a divisor of train.batch_size')
   check(len(config.gan.betas) == 2 and all(0 <= b < 1 for b in config.gan.betas), 'gan.betas', config.gan.betas,
         'expected two values in [0, 1)')
   check(0 <= config.gan.style_mixing <= 1, 'gan.style_mixing', config.gan.style_mixing, 'expected a probability')
@@ -171,9 +170,7 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str,
     reporting.save_png(os.path.join(workdir, 'samples.png'), write_samples(total_steps))
   results = {'steps': total_steps, 'kimg': total_steps * batch_size / 1e3, 'generator': generator_dir,
              'train_examples': len(source)}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=2)
+  reporting.write_results(workdir, results)
   writer.close()
   ckpt.close()
   logging.info('Done: %s', results)

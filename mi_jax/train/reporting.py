@@ -1,6 +1,7 @@
 """What a long job shows a person: progress lines with rate/ETA, TensorBoard + CSV metrics, image grids."""
 
 import csv
+import json
 import math
 import os
 import time
@@ -17,6 +18,15 @@ def format_duration(seconds: float) -> str:
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+def write_results(workdir: str, results: dict):
+  """`<workdir>/results.json` (process 0 only): the summary a finished job leaves."""
+  if jax.process_index() == 0:
+    tmp = os.path.join(workdir, 'results.json.tmp')
+    with open(tmp, 'w') as f:
+      json.dump(results, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, 'results.json'))
 
 
 def check_finite(step: int, metrics: dict, workdir: str, hint: str):

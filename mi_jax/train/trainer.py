@@ -6,7 +6,6 @@ state, config) -> metrics (TensorBoard, CSV) and `results.json` in the workdir.
 """
 
 import functools
-import json
 import os
 from typing import Callable
 
@@ -132,9 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   results = {**{k: float(v) for k, v in test_metrics.items()},
              'step': total_steps, 'best_step': ckpt.best_step(), 'num_classes': num_classes,
              'train_examples': len(train_source), 'test_examples': len(test_source)}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=2)
+  reporting.write_results(workdir, results)
   writer.close()
   ckpt.close()
   logging.info('Done: %s', results)

@@ -8,3 +8,5 @@
 
 from third_party.stylegan_jax.checkpoint import load_generator, save_generator
 from third_party.stylegan_jax.networks import Discriminator, Generator, GeneratorConfig
+
+__all__ = ['Discriminator', 'Generator', 'GeneratorConfig', 'load_generator', 'save_generator']

@@ -374,7 +374,7 @@ class MinibatchStdLayer(nn.Module):
       raise ValueError(f'batch {n} is not divisible by the minibatch-std group size {g}')
     f = self.num_channels
     # Sample n belongs to group n % (N/G), as in the reference's reshape(G, -1, ...).
-    y = x.reshape(g, n // g, h, w, f, c // f).astype(jnp.float32)
+    y = x.reshape(g, n // g, h, w, f, c // f).astype(ops.accumulation_dtype(x.dtype))
     y = y - jnp.mean(y, axis=0)
     y = jnp.sqrt(jnp.mean(jnp.square(y), axis=0) + 1e-8)  # [N/G, H, W, F, c]
     y = jnp.mean(y, axis=(1, 2, 4))                        # [N/G, F]
@@ -427,6 +427,6 @@ class Discriminator(nn.Module):
     x = Conv2dLayer(channels, 3, activation='lrelu', conv_clamp=self.conv_clamp, dtype=self.dtype,
                     name='b4_conv')(x)
     # NCHW flatten order, so weights keep the reference's layout.
-    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1).astype(jnp.float32)
+    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1).astype(ops.accumulation_dtype(self.dtype))
     x = FullyConnectedLayer(channels, activation='lrelu', name='b4_fc')(x)
     return FullyConnectedLayer(1, name='b4_out')(x)[:, 0]
