@@ -13,6 +13,7 @@ JOBS = {
     'tts': 'mi_jax.defenses.tts:train_tts',
     'gan': 'mi_jax.train.gan:train_gan',
     'import_stylegan': 'mi_jax.convert.stylegan:import_stylegan',
+    'attack_ppa': 'mi_jax.attacks.ppa:attack_ppa',
 }
 
 # Environment variables by which cluster launchers announce a multi-process job.
@@ -62,6 +63,9 @@ def validate_config(config: ml_collections.ConfigDict):
   if config.job == 'gan':
     from mi_jax.train import gan  # pylint: disable=g-import-not-at-top
     return gan.validate_config(config)
+  if config.job == 'attack_ppa':
+    from mi_jax.attacks import ppa  # pylint: disable=g-import-not-at-top
+    return ppa.validate_config(config)
   if config.job == 'import_stylegan':
     from mi_jax.convert import stylegan  # pylint: disable=g-import-not-at-top
     return stylegan.validate_config(config)

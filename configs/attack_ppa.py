@@ -1,0 +1,64 @@
+"""PPA: invert a trained target with a StyleGAN2 prior (reference/ppa.md; FaceScrub/FFHQ defaults).
+
+  python launch.py --config=configs/attack_ppa.py --workdir=/ckpt/r101_attack \\
+      --config.target.workdir=/ckpt/r101_full --config.generator.dir=~/generators/ffhq
+
+The generator directory comes from configs/import_stylegan.py (NVIDIA's ffhq.pkl) or the gan job.
+For a TTS target, name its stage2/ directory. A killed attack resumes after its last finished batch.
+
+Demo (CPU, minutes): the demo target of configs/baseline.py:demo (train it first) and the committed
+demo generator (MNIST digits 5-9) attack the private digits 0-4:
+
+  python launch.py --config=configs/baseline.py:demo --workdir=workdir/baseline_demo
+  python launch.py --config=configs/attack_ppa.py:demo --workdir=workdir/attack_demo
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, demo=False)
+  config = ml_collections.ConfigDict()
+  config.job = 'attack_ppa'
+  config.seed = 42                 # z pool (np.random.RandomState), crops, final selection.
+  config.num_devices = 0           # 0 = all devices; latents are split over them.
+
+  config.target = ml_collections.ConfigDict()
+  config.target.workdir = ''       # Workdir of the train job (its checkpoints and config).
+  config.target.step = 0           # 0 = the latest checkpoint (PPA attacks the last epoch).
+
+  config.generator = ml_collections.ConfigDict()
+  config.generator.dir = ''        # A generator directory (generator.json + variables/).
+
+  config.attack = ml_collections.ConfigDict()
+  config.attack.classes = ()       # Classes to attack; () = all of the target's.
+  config.attack.search_space_size = 2000
+  config.attack.num_candidates = 200   # Latents optimised per class.
+  config.attack.truncation_psi = 0.5
+  config.attack.truncation_cutoff = 8
+  config.attack.batch_size = 25    # Latents per device per batch.
+  config.attack.steps = 50         # Adam steps per batch.
+  config.attack.lr = 0.005
+  config.attack.betas = (0.1, 0.1)
+  config.attack.lr_milestones = ()  # Steps at which lr *= lr_gamma.
+  config.attack.lr_gamma = 0.1
+  config.attack.poincare_xi = 1e-4
+  config.attack.center_crop = 800  # Of the generator image, before resizing to the target; 0 = none.
+  config.attack.rrc_scale = (0.9, 1.0)   # Per-step RandomResizedCrop during optimisation.
+  config.attack.rrc_ratio = (1.0, 1.0)
+  config.attack.clip = False       # Clip images to [-1, 1] during optimisation (PPA: off).
+  config.attack.remat = False      # Recompute the generator in the backward pass (less memory).
+  config.attack.final_samples = 50     # Kept per class.
+  config.attack.final_iterations = 100
+  config.attack.final_rrc_scale = (0.5, 0.9)
+  config.attack.final_rrc_ratio = (0.8, 1.2)
+  config.attack.eval_sizes = (299, 160)  # Final images are also stored at these sizes (Inception, FaceNet).
+
+  if arg.demo:
+    config.target.workdir = 'workdir/baseline_demo'
+    config.generator.dir = 'docs/gan_demo/generator'
+    config.attack.update(search_space_size=500, num_candidates=16, truncation_cutoff=4, batch_size=16, steps=40,
+                         center_crop=0, final_samples=8, final_iterations=20, eval_sizes=(32,))
+  return config

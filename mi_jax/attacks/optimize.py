@@ -1,0 +1,89 @@
+"""PPA's latent optimisation: one jitted function runs every step of a batch of latents.
+
+For each batch: w [B, w_dim] (one w per sample, broadcast to every synthesis
+layer) -> G.synthesize (const noise) -> optional clip -> centre crop + resize to
+the target's input -> one random resized crop per step (shared by the batch) ->
+target logits -> Poincaré loss -> Adam on w. The step loop is a `lax.scan`, so
+XLA fuses synthesis, target forward and both backward passes, and the function
+compiles once per batch shape. Alongside the loss it records, per step, the norm
+of dL/dz_i at each target stage input (the gradient-flow analysis of the paper).
+"""
+
+import dataclasses
+from typing import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from mi_jax.attacks import losses, transforms
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizeSettings:
+  steps: int = 50                          # Adam steps per batch (PPA's num_epochs).
+  lr: float = 0.005
+  betas: tuple[float, float] = (0.1, 0.1)
+  lr_milestones: tuple[int, ...] = ()      # Steps at which lr *= lr_gamma (PPA: none for FaceScrub).
+  lr_gamma: float = 0.1
+  poincare_xi: float = 1e-4
+  center_crop: int = 800                   # Of the generator image before resizing; 0 = none.
+  input_size: int = 224                    # The target's input size.
+  rrc_scale: tuple[float, float] = (0.9, 1.0)
+  rrc_ratio: tuple[float, float] = (1.0, 1.0)
+  clip: bool = False                       # Clip images to [-1, 1] before the target (PPA: off).
+  remat: bool = False                      # Recompute the generator in the backward pass (saves memory).
+
+
+def make_optimizer(settings: OptimizeSettings) -> optax.GradientTransformation:
+  schedule = optax.piecewise_constant_schedule(settings.lr, {m: settings.lr_gamma for m in settings.lr_milestones})
+  return optax.adam(schedule, b1=settings.betas[0], b2=settings.betas[1], eps=1e-8)
+
+
+def make_optimize_fn(synthesize: Callable[[jax.Array], jax.Array],
+                     classify: Callable[[jax.Array, dict], jax.Array],
+                     perturbations_like: Callable[[int], dict],
+                     settings: OptimizeSettings):
+  """Returns optimize(w0 [B, w_dim], targets [B], key) -> (w [B, w_dim], log).
+
+  `synthesize(w)` maps [B, w_dim] to images in [-1, 1]; `classify(x, perturbations)`
+  gives logits, adding `perturbations` (zeros) at the stage inputs so their
+  gradient is dL/dz_i; `perturbations_like(batch)` makes those zeros.
+  log = {'loss': [steps] batch-mean loss, 'stage_grad_norm': {name: [steps]} batch-mean ||dL_n/dz_i||,
+         'finite': [steps] whether every loss and gradient was finite}.
+  """
+  tx = make_optimizer(settings)
+  if settings.remat:
+    synthesize = jax.checkpoint(synthesize)
+
+  def per_sample_loss(w, perturbations, targets, key):
+    images = synthesize(w)
+    if settings.clip:
+      images = jnp.clip(images, -1.0, 1.0)
+    x = transforms.generator_to_classifier(images, settings.center_crop, settings.input_size)
+    x = transforms.random_resized_crop(key, x, settings.input_size, settings.rrc_scale, settings.rrc_ratio)
+    logits = classify(x, perturbations)
+    return losses.poincare_loss(logits.astype(jnp.float32), targets, settings.poincare_xi)
+
+  def optimize(w0, targets, key):
+    batch = w0.shape[0]
+    zeros = perturbations_like(batch)
+
+    def step(carry, step_key):
+      w, opt_state = carry
+      # Summing the per-sample losses makes dL/dz_i[n] the gradient of sample n's own loss.
+      total = lambda w, p: jnp.sum(per_sample_loss(w, p, targets, step_key))
+      loss_sum, (w_grad, stage_grads) = jax.value_and_grad(total, argnums=(0, 1))(w, zeros)
+      updates, opt_state = tx.update(w_grad / batch, opt_state, w)  # the batch-mean loss, as PPA
+      finite = jnp.isfinite(loss_sum) & jnp.all(jnp.isfinite(w_grad))
+      w = jnp.where(finite, optax.apply_updates(w, updates), w)  # a non-finite step leaves w as it was
+      norms = {'/'.join(path): jnp.mean(jnp.sqrt(jnp.sum(jnp.square(g.reshape(batch, -1)), axis=1)))
+               for path, g in flax.traverse_util.flatten_dict(stage_grads).items()}
+      return (w, opt_state), {'loss': loss_sum / batch, 'stage_grad_norm': norms, 'finite': finite}
+
+    keys = jax.random.split(key, settings.steps)
+    (w, _), log = jax.lax.scan(step, (w0, tx.init(w0)), keys)
+    return w, log
+
+  return optimize

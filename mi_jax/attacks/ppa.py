@@ -1,0 +1,263 @@
+"""The `attack_ppa` job: Plug & Play Attack on a trained target with a StyleGAN2 prior, resumable.
+
+Stages (reference/ppa.md §1):
+  1. candidates: a seeded pool of z -> mapping (truncation psi, cutoff) -> score each image (clipped, framed
+     for the target, averaged with its mirror) -> the top `num_candidates` distinct latents per class;
+  2. optimisation: every (class, candidate) pair in batches of `batch_size` per device, sharded over all
+     devices; one jitted scan of `steps` Adam steps per batch (optimize.py);
+  3. final selection: per class, the `final_samples` images the target is most confident about under
+     `final_iterations` random crops + flips.
+
+Workdir: `candidates.npz`, `optimized/batch_<i>.npz` (one per batch, written atomically: a killed job
+resumes after the last finished batch), `final/class_<c>.npz` (latents, scores, uint8 images at the
+evaluation sizes), `grids/class_<c>.png`, `log.json` (loss and per-stage gradient norms per step and
+batch) and `attack.json` (settings and summary).
+"""
+
+import json
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mi_jax import models
+from mi_jax.attacks import optimize, selection, transforms
+from mi_jax.train import checkpoint, reporting, sharding
+from third_party.stylegan_jax import checkpoint as generator_io
+from third_party.stylegan_jax import networks
+
+
+class AttackError(ValueError):
+  """A target, generator or setting that the attack cannot use."""
+
+
+# ---------------------------------------------------------------------------- inputs
+
+def load_target(workdir: str, step: int = 0):
+  """(model, variables, saved config dict) of the classifier trained in `workdir` (step 0 = latest)."""
+  step = step or checkpoint.latest_step_in(workdir)
+  if step is None:
+    raise AttackError(f'config.target.workdir={workdir!r} holds no checkpoint (train a target there first; '
+                      'for TTS name its stage2/ directory)')
+  ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir))
+  try:
+    saved = ckpt.restore_config(step)
+  finally:
+    ckpt.close()
+  model = models.build_model(ml_collections.ConfigDict(saved['model']))
+  return model, checkpoint.load_variables(workdir, step), saved
+
+
+def check_compatible(model, variables, saved: dict, gen_config: networks.GeneratorConfig, settings, classes):
+  """Fails before any work if generator, target and settings do not fit together."""
+  size, channels = saved['data']['image_size'], gen_config.img_channels
+  if settings.center_crop > gen_config.img_resolution:
+    raise AttackError(f'config.attack.center_crop={settings.center_crop} exceeds the generator\'s '
+                      f'{gen_config.img_resolution}px images (0 = no crop)')
+  try:
+    jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, size, size, channels)), train=False), variables)
+  except Exception as e:  # pylint: disable=broad-except
+    raise AttackError(f'the target ({saved["model"]["name"]}, {size}px) does not take the generator\'s '
+                      f'{channels}-channel images: {str(e)[:300]}') from None
+  num_classes = saved['model']['num_classes']
+  bad = [c for c in classes if not 0 <= c < num_classes]
+  if bad:
+    raise AttackError(f'config.attack.classes has {bad}, outside the target\'s {num_classes} classes')
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """Fails early, naming the field, before anything is loaded."""
+  def check(ok, field, value, expected):
+    if not ok:
+      raise AttackError(f'config.{field}={value!r}: {expected}')
+  a = config.attack
+  check(bool(config.target.workdir) and os.path.isdir(os.path.expanduser(config.target.workdir)), 'target.workdir',
+        config.target.workdir, 'not a directory (the workdir of a train job)')
+  gen_dir = os.path.expanduser(config.generator.dir)
+  check(bool(config.generator.dir) and os.path.isfile(os.path.join(gen_dir, generator_io.CONFIG_FILE)),
+        'generator.dir', config.generator.dir, f'not a generator directory (no {generator_io.CONFIG_FILE})')
+  for field in ('search_space_size', 'num_candidates', 'batch_size', 'steps', 'final_samples', 'final_iterations'):
+    check(isinstance(a[field], int) and a[field] > 0, f'attack.{field}', a[field], 'expected a positive integer')
+  check(a.num_candidates <= a.search_space_size, 'attack.num_candidates', a.num_candidates,
+        f'expected <= attack.search_space_size ({a.search_space_size})')
+  check(a.final_samples <= a.num_candidates, 'attack.final_samples', a.final_samples,
+        f'expected <= attack.num_candidates ({a.num_candidates})')
+  check(a.lr > 0, 'attack.lr', a.lr, 'expected > 0')
+  check(all(s > 0 for s in a.eval_sizes), 'attack.eval_sizes', a.eval_sizes, 'expected positive sizes')
+  for field in ('rrc_scale', 'final_rrc_scale'):
+    low, high = a[field]
+    check(0 < low <= high <= 1, f'attack.{field}', a[field], 'expected (low, high) with 0 < low <= high <= 1')
+
+
+def settings_from(config: ml_collections.ConfigDict, input_size: int) -> optimize.OptimizeSettings:
+  a = config.attack
+  return optimize.OptimizeSettings(steps=a.steps, lr=a.lr, betas=tuple(a.betas), lr_milestones=tuple(a.lr_milestones),
+                                   lr_gamma=a.lr_gamma, poincare_xi=a.poincare_xi, center_crop=a.center_crop,
+                                   input_size=input_size, rrc_scale=tuple(a.rrc_scale), rrc_ratio=tuple(a.rrc_ratio),
+                                   clip=a.clip, remat=a.remat)
+
+
+def _save_npz(path: str, **arrays):
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)  # a killed job never leaves half a file
+
+
+def _to_uint8(images) -> np.ndarray:
+  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------- the job
+
+def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  a = config.attack
+  model, target_vars, saved = load_target(os.path.expanduser(config.target.workdir), config.target.step)
+  gen_config, gen_vars, _ = generator_io.load_generator(config.generator.dir)
+  input_size = saved['data']['image_size']
+  settings = settings_from(config, input_size)
+  classes = [int(c) for c in a.classes] or list(range(saved['model']['num_classes']))
+  check_compatible(model, target_vars, saved, gen_config, settings, classes)
+
+  mesh = sharding.make_mesh(config.num_devices)
+  replicated, batch_sharded = sharding.replicated(mesh), sharding.data_sharded(mesh)
+  batch_size = a.batch_size * mesh.devices.size
+  G = networks.Generator(gen_config)
+  gen_vars = jax.device_put(gen_vars, replicated)
+  target_vars = jax.device_put(target_vars, replicated)
+
+  def synthesize(w):  # [B, w_dim] -> [B, R, R, C], one w for every layer
+    return G.apply(gen_vars, w[:, None], noise_mode='const', method=G.synthesize)
+
+  def classify(x, perturbations=None):
+    variables = target_vars if perturbations is None else {**target_vars, 'perturbations': perturbations}
+    return model.apply(variables, x, train=False)
+
+  frame = lambda images: transforms.generator_to_classifier(images, settings.center_crop, input_size)
+
+  # -------------------------------------------------------------- 1. candidates
+  candidates_path = os.path.join(workdir, 'candidates.npz')
+  if os.path.exists(candidates_path):
+    with np.load(candidates_path) as f:
+      cand_w, cand_classes = f['w'], f['classes']
+  else:
+    z = selection.candidate_z(config.seed, a.search_space_size, gen_config.z_dim).astype(np.float32)
+
+    @jax.jit
+    def score(z):
+      ws = G.apply(gen_vars, z, None, a.truncation_psi, a.truncation_cutoff, method=G.map)
+      images = jnp.clip(G.apply(gen_vars, ws, noise_mode='const', method=G.synthesize), -1.0, 1.0)
+      return ws[:, 0], selection.flip_averaged_confidence(classify, frame(images))
+
+    firsts, confidences = [], []
+    for start in range(0, len(z), batch_size):
+      chunk = _pad_to(z[start:start + batch_size], batch_size)
+      w0, conf = score(jax.device_put(chunk, batch_sharded))
+      n = min(batch_size, len(z) - start)
+      firsts.append(np.asarray(w0)[:n])
+      confidences.append(np.asarray(conf)[:n])
+    pool_w, confidences = np.concatenate(firsts), np.concatenate(confidences)
+    chosen = selection.top_candidates(confidences, classes, a.num_candidates)
+    cand_classes = np.concatenate([np.full(a.num_candidates, c, np.int32) for c in classes])
+    cand_w = np.concatenate([pool_w[chosen[c]] for c in classes])
+    if jax.process_index() == 0:
+      _save_npz(candidates_path, w=cand_w, classes=cand_classes, pool_confidence=confidences)
+    logging.info('Initial selection: %d latents for %d classes from a pool of %d', len(cand_w), len(classes), len(z))
+
+  # -------------------------------------------------------------- 2. optimisation
+  optimized_dir = os.path.join(workdir, 'optimized')
+  os.makedirs(optimized_dir, exist_ok=True)
+  zeros_like_perturbations = _perturbation_zeros(model, target_vars, input_size, gen_config.img_channels)
+  run = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros_like_perturbations, settings),
+                in_shardings=(batch_sharded, batch_sharded, replicated), out_shardings=(batch_sharded, replicated))
+  num_batches = -(-len(cand_w) // batch_size)
+  progress = reporting.Progress(num_batches, batch_size * settings.steps, name='attack')
+  final_w, logs = np.zeros_like(cand_w), []
+  for b in range(num_batches):
+    path = os.path.join(optimized_dir, f'batch_{b:05d}.npz')
+    rows = slice(b * batch_size, min((b + 1) * batch_size, len(cand_w)))
+    n = rows.stop - rows.start
+    if not os.path.exists(path):
+      key = jax.random.fold_in(jax.random.key(config.seed), b)
+      w, log = run(jax.device_put(_pad_to(cand_w[rows], batch_size), batch_sharded),
+                   jax.device_put(_pad_to(cand_classes[rows], batch_size), batch_sharded), key)
+      w, log = np.asarray(w)[:n], jax.device_get(log)
+      flat_log = {'loss': log['loss'], 'finite': log['finite'],
+                  **{f'grad_norm/{k}': v for k, v in log['stage_grad_norm'].items()}}
+      if not np.all(log['finite']):
+        bad_step = int(np.argmin(log['finite']))
+        failed = path.replace('.npz', '.failed.npz')
+        _save_npz(failed, w=w, w0=cand_w[rows], classes=cand_classes[rows], **flat_log)
+        raise FloatingPointError(
+            f'non-finite loss or gradient in batch {b} (classes {sorted(set(cand_classes[rows].tolist()))}) at '
+            f'step {bad_step}; latents from before that step and the loss log are in {failed}. Finished batches '
+            f'are kept; lower config.attack.lr or check the target and generator, then relaunch to resume.')
+      if jax.process_index() == 0:
+        _save_npz(path, w=w, classes=cand_classes[rows], **flat_log)
+    with np.load(path) as f:
+      final_w[rows] = f['w']
+      logs.append({k: f[k].tolist() for k in f.files if k not in ('w', 'classes')})
+    progress.update(b + 1, {'loss': logs[-1]['loss'][-1]} if (b + 1) % max(1, num_batches // 20) == 0 else None)
+
+  # -------------------------------------------------------------- 3. final selection
+  final_dir, grid_dir = os.path.join(workdir, 'final'), os.path.join(workdir, 'grids')
+  os.makedirs(final_dir, exist_ok=True)
+  os.makedirs(grid_dir, exist_ok=True)
+
+  @jax.jit
+  def final_images_and_scores(w, targets, key):
+    images = synthesize(w)
+    return images, selection.final_scores(classify, frame(images), targets, key, a.final_iterations,
+                                          tuple(a.final_rrc_scale), tuple(a.final_rrc_ratio))
+
+  summary = {}
+  for c in classes:
+    idx = np.flatnonzero(cand_classes == c)
+    images, scores = [], []
+    for start in range(0, len(idx), batch_size):
+      rows = idx[start:start + batch_size]
+      key = jax.random.fold_in(jax.random.key(config.seed + 1), c * 100_000 + start)
+      imgs, sc = final_images_and_scores(jax.device_put(_pad_to(final_w[rows], batch_size), batch_sharded),
+                                         jax.device_put(np.full(batch_size, c, np.int32), batch_sharded), key)
+      images.append(np.asarray(imgs)[:len(rows)])
+      scores.append(np.asarray(sc)[:len(rows)])
+    images, scores = np.concatenate(images), np.concatenate(scores)
+    keep = selection.top_final(scores, a.final_samples)
+    kept = images[keep]
+    sized = {f'images_{s}': _to_uint8(transforms.generator_to_classifier(jnp.asarray(kept), settings.center_crop, s))
+             for s in sorted(set(a.eval_sizes) | {input_size})}
+    if jax.process_index() == 0:
+      _save_npz(os.path.join(final_dir, f'class_{c:05d}.npz'), w=final_w[idx[keep]], scores=scores[keep], **sized)
+      reporting.save_png(os.path.join(grid_dir, f'class_{c:05d}.png'),
+                         reporting.image_grid(np.asarray(frame(jnp.asarray(kept)))))
+    summary[c] = float(np.mean(scores[keep]))
+
+  results = {'classes': len(classes), 'latents_optimized': int(len(cand_w)), 'batches': num_batches,
+             'final_per_class': int(a.final_samples), 'mean_final_target_confidence': float(np.mean(list(summary.values()))),
+             'final_loss_mean': float(np.mean([log['loss'][-1] for log in logs]))}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'log.json'), 'w') as f:
+      json.dump({'batches': logs}, f)
+    with open(os.path.join(workdir, 'attack.json'), 'w') as f:
+      json.dump({'settings': json.loads(config.to_json_best_effort()), 'target_config': saved,
+                 'per_class_confidence': {str(k): v for k, v in summary.items()}, **results}, f, indent=2)
+  logging.info('Attack done: %s', results)
+  return results
+
+
+def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
+  """Pads a short last batch by repeating its first row (the extra rows are dropped afterwards)."""
+  if len(array) == size:
+    return array
+  return np.concatenate([array, np.repeat(array[:1], size - len(array), axis=0)])
+
+
+def _perturbation_zeros(model, variables, size: int, channels: int):
+  """batch -> zeros of the target's `perturbations` collection (its stage inputs) for that batch size."""
+  def zeros(batch):
+    _, shapes = jax.eval_shape(lambda: model.apply(variables, jnp.zeros((batch, size, size, channels)), train=False,
+                                                   mutable=['perturbations']))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes.get('perturbations', {}))
+  return zeros
