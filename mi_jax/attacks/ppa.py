@@ -124,6 +124,7 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.num_devices)
   replicated, batch_sharded = sharding.replicated(mesh), sharding.data_sharded(mesh)
   batch_size = a.batch_size * mesh.devices.size
+  _check_same_attack(workdir, config, batch_size)
   G = networks.Generator(gen_config)
   gen_vars = jax.device_put(gen_vars, replicated)
   target_vars = jax.device_put(target_vars, replicated)
@@ -245,6 +246,29 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  'per_class_confidence': {str(k): v for k, v in summary.items()}, **results}, f, indent=2)
   logging.info('Attack done: %s', results)
   return results
+
+
+def _check_same_attack(workdir: str, config: ml_collections.ConfigDict, global_batch: int):
+  """Writes `run.json` on the first launch; a relaunch must describe the same attack (it resumes it).
+
+  Devices may change between launches as long as the global batch stays the same.
+  """
+  current = json.loads(config.to_json_best_effort())
+  identity = {'seed': current['seed'], 'target': current['target'], 'generator': current['generator'],
+              'attack': {k: v for k, v in current['attack'].items() if k != 'batch_size'},
+              'global_batch': global_batch}
+  path = os.path.join(workdir, 'run.json')
+  if not os.path.exists(path):
+    if jax.process_index() == 0:
+      with open(path, 'w') as f:
+        json.dump(identity, f, indent=2)
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  diffs = [f'  {k}: workdir has {saved.get(k)!r}, config has {v!r}' for k, v in identity.items() if saved.get(k) != v]
+  if diffs:
+    raise AttackError(f'{workdir} holds a different attack:\n' + '\n'.join(diffs) +
+                      '\nUse a fresh --workdir, or relaunch with the settings it was started with.')
 
 
 def _pad_to(array: np.ndarray, size: int) -> np.ndarray:

@@ -1,0 +1,126 @@
+"""PPA end to end on a tiny generator and target: the optimisation raises the target's confidence,
+the job writes its outputs, resumes after an interruption with the same result, and the same
+global batch gives the same latents on 1 or 2 devices."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mi_jax import jobs, models
+from mi_jax.attacks import losses, optimize, ppa
+from mi_jax.train import checkpoint
+from third_party.stylegan_jax import networks, save_generator
+
+GEN = networks.GeneratorConfig(z_dim=8, w_dim=8, img_resolution=16, img_channels=1, mapping_layers=2,
+                               channel_base=64, channel_max=8)
+
+
+@pytest.fixture(scope='module')
+def tiny_world(tmp_path_factory):
+  """A random tiny generator directory and a target 'train workdir' (checkpoint + config, untrained)."""
+  root = tmp_path_factory.mktemp('attack_world')
+  G = networks.Generator(GEN)
+  gen_vars = jax.jit(G.init)(jax.random.key(0), jnp.zeros((1, GEN.z_dim)))
+  save_generator(str(root / 'generator'), GEN, gen_vars)
+
+  from configs import baseline  # pylint: disable=g-import-not-at-top
+  config = baseline.get_config('tiny')
+  model = models.build_model(config.model)
+  variables = models.init_variables(model, (1, 16, 16, 1), jax.random.key(1))
+  target_dir = str(root / 'target')
+  ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(target_dir), best_metric=None)
+  ckpt.save(1, {'params': variables['params'], 'batch_stats': variables['batch_stats']}, {}, config, {})
+  ckpt.wait()
+  ckpt.close()
+  return root, model, variables, G, gen_vars
+
+
+def attack_config(root, **attack):
+  from configs import attack_ppa  # pylint: disable=g-import-not-at-top
+  config = attack_ppa.get_config()
+  config.target.workdir = str(root / 'target')
+  config.generator.dir = str(root / 'generator')
+  config.num_devices = 1
+  config.attack.update(classes=(1, 3), search_space_size=24, num_candidates=6, truncation_cutoff=2, batch_size=4,
+                       steps=6, center_crop=0, final_samples=3, final_iterations=4, eval_sizes=(8,))
+  config.attack.update(**attack)
+  return config
+
+
+def test_optimisation_raises_the_target_class_confidence(tiny_world):
+  _, model, variables, G, gen_vars = tiny_world
+  settings = optimize.OptimizeSettings(steps=30, lr=0.02, center_crop=0, input_size=16)
+  synthesize = lambda w: G.apply(gen_vars, w[:, None], method=G.synthesize)
+  classify = lambda x, p: model.apply({**variables, 'perturbations': p}, x, train=False)
+  zeros = ppa._perturbation_zeros(model, variables, 16, 1)  # pylint: disable=protected-access
+  run = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, settings))
+  w0 = jnp.asarray(np.random.default_rng(0).standard_normal((4, GEN.w_dim)), jnp.float32)
+  probs = lambda w: jax.nn.softmax(model.apply(variables, synthesize(w), train=False))
+  targets = jnp.argmin(probs(w0), axis=1)  # the class each start image is least like
+  w, log = run(w0, targets, jax.random.key(0))
+  confidence = lambda w: np.asarray(jnp.take_along_axis(probs(w), targets[:, None], 1)[:, 0])
+  before, after = confidence(w0), confidence(w)
+  # An untrained target's Poincaré optimum need not be its softmax optimum for every sample, but on
+  # average the target class gains by orders of magnitude (geometric mean x10 or more).
+  assert np.mean(np.log(after)) > np.mean(np.log(before)) + np.log(10), (before, after)
+  poincare = lambda w: np.asarray(losses.poincare_loss(model.apply(variables, synthesize(w), train=False), targets))
+  assert np.all(poincare(w) < poincare(w0))
+  assert float(log['loss'][-1]) < float(log['loss'][0])
+  assert bool(np.all(log['finite']))
+  assert sorted(log['stage_grad_norm']) == ['stage1_input', 'stage2_input', 'stage3_input', 'stage4_input']
+  assert all(np.all(np.asarray(v) > 0) for v in log['stage_grad_norm'].values())
+
+
+def test_attack_job_outputs_resume_and_device_count(tiny_world, tmp_path):
+  root = tiny_world[0]
+  workdir = str(tmp_path / 'attack')
+  config = attack_config(root, batch_size=2)
+  config.num_devices = 2  # global batch 4 over 2 devices
+  results = jobs.run(config, workdir)
+  assert results['classes'] == 2 and results['latents_optimized'] == 12 and results['batches'] == 3
+  for name in ('candidates.npz', 'optimized/batch_00002.npz', 'final/class_00001.npz', 'grids/class_00003.png',
+               'log.json', 'attack.json', 'run.json'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  with np.load(os.path.join(workdir, 'final', 'class_00003.npz')) as f:
+    assert f['w'].shape == (3, GEN.w_dim) and f['images_8'].shape == (3, 8, 8, 1)
+    assert f['images_16'].dtype == np.uint8 and np.all(np.diff(f['scores']) <= 0)  # best first
+    first_w = f['w'].copy()
+  with open(os.path.join(workdir, 'log.json')) as f:
+    log = json.load(f)['batches']
+  assert len(log) == 3 and len(log[0]['loss']) == 6 and 'grad_norm/stage4_input' in log[0]
+
+  # Interrupted after batch 1: batch 2 and the final selection are redone, on one device, same global batch.
+  with np.load(os.path.join(workdir, 'optimized', 'batch_00002.npz')) as f:
+    batch2 = f['w'].copy()
+  os.remove(os.path.join(workdir, 'optimized', 'batch_00002.npz'))
+  shutil.rmtree(os.path.join(workdir, 'final'))
+  config = attack_config(root, batch_size=4)
+  jobs.run(config, workdir)
+  with np.load(os.path.join(workdir, 'optimized', 'batch_00002.npz')) as f:
+    np.testing.assert_allclose(f['w'], batch2, rtol=1e-4, atol=1e-5)
+  with np.load(os.path.join(workdir, 'final', 'class_00003.npz')) as f:
+    np.testing.assert_allclose(f['w'], first_w, rtol=1e-4, atol=1e-5)
+
+  # A different attack in the same workdir is refused, naming the field.
+  with pytest.raises(ppa.AttackError, match='attack'):
+    jobs.run(attack_config(root, steps=7), workdir)
+
+
+def test_attack_refuses_bad_inputs_before_any_work(tiny_world, tmp_path):
+  root = tiny_world[0]
+  config = attack_config(root)
+  config.generator.dir = str(tmp_path)
+  with pytest.raises(ppa.AttackError, match='config.generator.dir'):
+    jobs.validate_config(config)
+  config = attack_config(root, classes=(1, 7))
+  with pytest.raises(ppa.AttackError, match=r'\[7\], outside the target\'s 5 classes'):
+    jobs.run(config, str(tmp_path / 'a'))
+  config = attack_config(root, center_crop=32)
+  with pytest.raises(ppa.AttackError, match='center_crop=32'):
+    jobs.run(config, str(tmp_path / 'b'))
+  assert not os.path.exists(tmp_path / 'b' / 'candidates.npz')
