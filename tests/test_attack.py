@@ -81,8 +81,10 @@ def test_attack_job_outputs_resume_and_device_count(tiny_world, tmp_path):
   workdir = str(tmp_path / 'attack')
   config = attack_config(root, batch_size=2)
   config.num_devices = 2  # global batch 4 over 2 devices
+  config.evaluation.workdir = str(root / 'target')  # the target as its own evaluator: top-1 = its own verdict
   results = jobs.run(config, workdir)
   assert results['classes'] == 2 and results['latents_optimized'] == 12 and results['batches'] == 3
+  assert 0 <= results['eval_top1'] <= results['eval_top5'] <= 1
   for name in ('candidates.npz', 'optimized/batch_00002.npz', 'final/class_00001.npz', 'grids/class_00003.png',
                'log.json', 'attack.json', 'run.json'):
     assert os.path.exists(os.path.join(workdir, name)), name

@@ -213,7 +213,8 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return images, selection.final_scores(classify, frame(images), targets, key, a.final_iterations,
                                           tuple(a.final_rrc_scale), tuple(a.final_rrc_ratio))
 
-  summary = {}
+  evaluate = _make_evaluator(config, gen_config, settings, classes)
+  summary, eval_hits = {}, {'top1': 0, 'top5': 0, 'count': 0}
   for c in classes:
     idx = np.flatnonzero(cand_classes == c)
     images, scores = [], []
@@ -234,10 +235,16 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
       reporting.save_png(os.path.join(grid_dir, f'class_{c:05d}.png'),
                          reporting.image_grid(np.asarray(frame(jnp.asarray(kept)))))
     summary[c] = float(np.mean(scores[keep]))
+    if evaluate is not None:
+      for k, v in evaluate(kept, c).items():
+        eval_hits[k] += v
 
   results = {'classes': len(classes), 'latents_optimized': int(len(cand_w)), 'batches': num_batches,
              'final_per_class': int(a.final_samples), 'mean_final_target_confidence': float(np.mean(list(summary.values()))),
              'final_loss_mean': float(np.mean([log['loss'][-1] for log in logs]))}
+  if evaluate is not None:
+    results['eval_top1'] = eval_hits['top1'] / eval_hits['count']
+    results['eval_top5'] = eval_hits['top5'] / eval_hits['count']
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'log.json'), 'w') as f:
       json.dump({'batches': logs}, f)
@@ -246,6 +253,27 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  'per_class_confidence': {str(k): v for k, v in summary.items()}, **results}, f, indent=2)
   logging.info('Attack done: %s', results)
   return results
+
+
+def _make_evaluator(config, gen_config, settings, classes):
+  """(final images [n, R, R, C], class) -> top-1/top-5 hits of the evaluation model; None without one."""
+  workdir = config.evaluation.workdir
+  if not workdir:
+    return None
+  model, variables, saved = load_target(os.path.expanduser(workdir), config.evaluation.step)
+  check_compatible(model, variables, saved, gen_config, settings, classes)
+  size = saved['data']['image_size']
+
+  @jax.jit
+  def logits(images):
+    return model.apply(variables, transforms.generator_to_classifier(images, settings.center_crop, size), train=False)
+
+  def evaluate(images, c):
+    out = np.asarray(logits(jnp.asarray(images)))
+    top5 = np.argsort(-out, axis=1)[:, :5]
+    return {'top1': int(np.sum(np.argmax(out, 1) == c)), 'top5': int(np.sum(np.any(top5 == c, axis=1))),
+            'count': len(images)}
+  return evaluate
 
 
 def _check_same_attack(workdir: str, config: ml_collections.ConfigDict, global_batch: int):

@@ -1,0 +1,93 @@
+"""PPA optimisation throughput (latent-steps/s): one jitted scan of Adam steps over a batch of latents.
+
+  python bench/attack_step.py                          # demo size and a larger generator, 1/2/4/8 devices
+  python bench/attack_step.py --sizes=demo --devices=1
+
+Random weights: a StyleGAN2 generator (demo: 32 px, 1 channel; large: 256 px, 3 channels, centre crop
+224 -> the target's 64 px input) and a ResNet-18 target (demo: width 16, small stem, 32 px). Each row
+runs the same global batch over 1, 2, 4, 8 devices side by side in one process (on CPU these are
+fake devices over the same cores, so the ratio shows sharding overhead, not speed-up; on a
+multi-GPU host it is the scaling). The devices are forced with XLA_FLAGS before jax is imported.
+"""
+
+import os
+import time
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import ml_collections  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from mi_jax import models  # pylint: disable=g-import-not-at-top
+from mi_jax.attacks import optimize, ppa  # pylint: disable=g-import-not-at-top
+from mi_jax.train import sharding  # pylint: disable=g-import-not-at-top
+from third_party.stylegan_jax import networks  # pylint: disable=g-import-not-at-top
+
+_SIZES = flags.DEFINE_list('sizes', ['demo', 'large'], 'demo and/or large.')
+_DEVICES = flags.DEFINE_list('devices', ['1', '2', '4', '8'], 'Device counts to compare.')
+_BATCH = flags.DEFINE_integer('batch', 16, 'Global batch of latents.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Optimisation steps per call.')
+_REPEATS = flags.DEFINE_integer('repeats', 2, 'Interleaved repeats; the best of each is reported.')
+
+SETUPS = {
+    'demo': dict(gen=dict(img_resolution=32, img_channels=1, z_dim=64, w_dim=64, mapping_layers=2,
+                          channel_base=1024, channel_max=128), crop=0, size=32, width=16),
+    'large': dict(gen=dict(img_resolution=256, img_channels=3, channel_base=8192, channel_max=256),
+                  crop=224, size=64, width=32),
+}
+
+
+def make_run(setup, num_devices, batch, steps):
+  gen_config = networks.GeneratorConfig(**setup['gen'])
+  G = networks.Generator(gen_config)
+  gen_vars = jax.jit(G.init)(jax.random.key(0), jnp.zeros((1, gen_config.z_dim)))
+  channels = gen_config.img_channels
+  model = models.build_model(ml_collections.ConfigDict(dict(
+      name='resnet18', num_classes=10, skip=(1, 1, 1, 1), width=setup['width'], stem='small', dtype='float32',
+      skip_mode='truncate')))
+  variables = models.init_variables(model, (1, setup['size'], setup['size'], channels), jax.random.key(1))
+  variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+  settings = optimize.OptimizeSettings(steps=steps, center_crop=setup['crop'], input_size=setup['size'])
+  synthesize = lambda w: G.apply(gen_vars, w[:, None], method=G.synthesize)
+  classify = lambda x, p: model.apply({**variables, 'perturbations': p}, x, train=False)
+  zeros = ppa._perturbation_zeros(model, variables, setup['size'], channels)  # pylint: disable=protected-access
+  mesh = sharding.make_mesh(num_devices)
+  batch_sharded, replicated = sharding.data_sharded(mesh), sharding.replicated(mesh)
+  fn = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, settings),
+               in_shardings=(batch_sharded, batch_sharded, replicated), out_shardings=(batch_sharded, replicated))
+  w0 = jax.device_put(np.random.default_rng(0).standard_normal((batch, gen_config.w_dim)).astype(np.float32),
+                      batch_sharded)
+  targets = jax.device_put(np.arange(batch, dtype=np.int32) % 10, batch_sharded)
+
+  def run():
+    jax.block_until_ready(fn(w0, targets, jax.random.key(0)))
+  return run
+
+
+def main(argv):
+  del argv
+  counts = [int(d) for d in _DEVICES.value]
+  print(f'jax {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} devices); '
+        f'global batch {_BATCH.value}, {_STEPS.value} steps per call')
+  print(f'{"setup":<7}' + ''.join(f'{f"{d} dev lat-steps/s":>20}' for d in counts) +
+        ''.join(f'{f"{d}/{counts[0]} dev":>12}' for d in counts[1:]))
+  for name in _SIZES.value:
+    runs = {d: make_run(SETUPS[name], d, _BATCH.value, _STEPS.value) for d in counts}
+    for run in runs.values():
+      run()  # compile
+    best = {d: 0.0 for d in counts}
+    for _ in range(_REPEATS.value):
+      for d, run in runs.items():
+        start = time.perf_counter()
+        run()
+        best[d] = max(best[d], _BATCH.value * _STEPS.value / (time.perf_counter() - start))
+    print(f'{name:<7}' + ''.join(f'{best[d]:>20.1f}' for d in counts) +
+          ''.join(f'{best[d] / best[counts[0]]:>12.2f}' for d in counts[1:]), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
