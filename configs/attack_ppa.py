@@ -69,6 +69,6 @@ def get_config(arg=None):
     config.target.workdir = 'workdir/baseline_demo'
     config.generator.dir = 'docs/gan_demo/generator'
     config.evaluation.workdir = 'workdir/eval_demo'
-    config.attack.update(search_space_size=500, num_candidates=16, truncation_cutoff=4, batch_size=16, steps=40,
+    config.attack.update(search_space_size=500, num_candidates=16, truncation_cutoff=4, batch_size=16, steps=50,
                          center_crop=0, final_samples=8, final_iterations=20, eval_sizes=(32,))
   return config

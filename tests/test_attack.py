@@ -79,14 +79,14 @@ def test_optimisation_raises_the_target_class_confidence(tiny_world):
 def test_attack_job_outputs_resume_and_device_count(tiny_world, tmp_path):
   root = tiny_world[0]
   workdir = str(tmp_path / 'attack')
-  config = attack_config(root, batch_size=2)
-  config.num_devices = 2  # global batch 4 over 2 devices
+  config = attack_config(root, batch_size=1)
+  config.num_devices = 8  # global batch 8 over 8 devices
   config.evaluation.workdir = str(root / 'target')  # the target as its own evaluator: top-1 = its own verdict
   results = jobs.run(config, workdir)
-  assert results['classes'] == 2 and results['latents_optimized'] == 12 and results['batches'] == 3
+  assert results['classes'] == 2 and results['latents_optimized'] == 12 and results['batches'] == 2
   assert 0 <= results['eval_top1'] <= results['eval_top5'] <= 1
-  for name in ('candidates.npz', 'optimized/batch_00002.npz', 'final/class_00001.npz', 'grids/class_00003.png',
-               'log.json', 'attack.json', 'run.json'):
+  for name in ('candidates.npz', 'optimized/batch_00001.npz', 'final/class_00001.npz', 'grids/class_00003.png',
+               'final_grid.png', 'log.json', 'attack.json', 'run.json'):
     assert os.path.exists(os.path.join(workdir, name)), name
   with np.load(os.path.join(workdir, 'final', 'class_00003.npz')) as f:
     assert f['w'].shape == (3, GEN.w_dim) and f['images_8'].shape == (3, 8, 8, 1)
@@ -94,17 +94,18 @@ def test_attack_job_outputs_resume_and_device_count(tiny_world, tmp_path):
     first_w = f['w'].copy()
   with open(os.path.join(workdir, 'log.json')) as f:
     log = json.load(f)['batches']
-  assert len(log) == 3 and len(log[0]['loss']) == 6 and 'grad_norm/stage4_input' in log[0]
+  assert len(log) == 2 and len(log[0]['loss']) == 6 and 'grad_norm/stage4_input' in log[0]
 
-  # Interrupted after batch 1: batch 2 and the final selection are redone, on one device, same global batch.
-  with np.load(os.path.join(workdir, 'optimized', 'batch_00002.npz')) as f:
-    batch2 = f['w'].copy()
-  os.remove(os.path.join(workdir, 'optimized', 'batch_00002.npz'))
+  # Interrupted after batch 0: batch 1 (4 latents, padded to 8) and the final selection are redone on
+  # one device with the same global batch, and agree with the 8-device run.
+  with np.load(os.path.join(workdir, 'optimized', 'batch_00001.npz')) as f:
+    batch1 = f['w'].copy()
+  os.remove(os.path.join(workdir, 'optimized', 'batch_00001.npz'))
   shutil.rmtree(os.path.join(workdir, 'final'))
-  config = attack_config(root, batch_size=4)
+  config = attack_config(root, batch_size=8)
   jobs.run(config, workdir)
-  with np.load(os.path.join(workdir, 'optimized', 'batch_00002.npz')) as f:
-    np.testing.assert_allclose(f['w'], batch2, rtol=1e-4, atol=1e-5)
+  with np.load(os.path.join(workdir, 'optimized', 'batch_00001.npz')) as f:
+    np.testing.assert_allclose(f['w'], batch1, rtol=1e-4, atol=1e-5)
   with np.load(os.path.join(workdir, 'final', 'class_00003.npz')) as f:
     np.testing.assert_allclose(f['w'], first_w, rtol=1e-4, atol=1e-5)
 

@@ -10,7 +10,7 @@ Stages (reference/ppa.md §1):
 
 Workdir: `candidates.npz`, `optimized/batch_<i>.npz` (one per batch, written atomically: a killed job
 resumes after the last finished batch), `final/class_<c>.npz` (latents, scores, uint8 images at the
-evaluation sizes), `grids/class_<c>.png`, `log.json` (loss and per-stage gradient norms per step and
+evaluation sizes), `grids/class_<c>.png`, `final_grid.png` (a row per class), `log.json` (loss and per-stage gradient norms per step and
 batch) and `attack.json` (settings and summary).
 """
 
@@ -28,6 +28,9 @@ from mi_jax.attacks import optimize, selection, transforms
 from mi_jax.train import checkpoint, reporting, sharding
 from third_party.stylegan_jax import checkpoint as generator_io
 from third_party.stylegan_jax import networks
+
+
+OVERVIEW_CLASSES, OVERVIEW_PER_CLASS = 16, 8  # final_grid.png
 
 
 class AttackError(ValueError):
@@ -174,7 +177,7 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros_like_perturbations, settings),
                 in_shardings=(batch_sharded, batch_sharded, replicated), out_shardings=(batch_sharded, replicated))
   num_batches = -(-len(cand_w) // batch_size)
-  progress = reporting.Progress(num_batches, batch_size * settings.steps, name='attack')
+  progress = reporting.Progress(num_batches, batch_size * settings.steps, name='attack batch')
   final_w, logs = np.zeros_like(cand_w), []
   for b in range(num_batches):
     path = os.path.join(optimized_dir, f'batch_{b:05d}.npz')
@@ -214,7 +217,7 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                           tuple(a.final_rrc_scale), tuple(a.final_rrc_ratio))
 
   evaluate = _make_evaluator(config, gen_config, settings, classes)
-  summary, eval_hits = {}, {'top1': 0, 'top5': 0, 'count': 0}
+  summary, eval_hits, overview = {}, {'top1': 0, 'top5': 0, 'count': 0}, []
   for c in classes:
     idx = np.flatnonzero(cand_classes == c)
     images, scores = [], []
@@ -235,6 +238,8 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
       reporting.save_png(os.path.join(grid_dir, f'class_{c:05d}.png'),
                          reporting.image_grid(np.asarray(frame(jnp.asarray(kept)))))
     summary[c] = float(np.mean(scores[keep]))
+    if len(overview) < OVERVIEW_CLASSES:
+      overview.append(np.asarray(frame(jnp.asarray(kept[:OVERVIEW_PER_CLASS]))))
     if evaluate is not None:
       for k, v in evaluate(kept, c).items():
         eval_hits[k] += v
@@ -246,6 +251,10 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results['eval_top1'] = eval_hits['top1'] / eval_hits['count']
     results['eval_top5'] = eval_hits['top5'] / eval_hits['count']
   if jax.process_index() == 0:
+    # One row per class (the first OVERVIEW_CLASSES), best first.
+    per_row = min(OVERVIEW_PER_CLASS, a.final_samples)
+    reporting.save_png(os.path.join(workdir, 'final_grid.png'),
+                       reporting.image_grid(np.concatenate([row[:per_row] for row in overview]), ncols=per_row))
     with open(os.path.join(workdir, 'log.json'), 'w') as f:
       json.dump({'batches': logs}, f)
     with open(os.path.join(workdir, 'attack.json'), 'w') as f:
