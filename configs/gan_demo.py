@@ -2,7 +2,8 @@
 
 The attack demo inverts targets trained on MNIST-5k digits 0-4 (private) with a
 generator that has only seen digits 5-9 (public), the GMI MNIST protocol.
-On 2 CPU cores this takes about 25 minutes:
+4000 steps of 32 (128 kimg); on 2 CPU cores about 35 minutes (43 measured while other jobs
+shared the CPU):
 
   python launch.py --config=configs/gan_demo.py --workdir=workdir/gan_demo
 
