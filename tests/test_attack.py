@@ -127,3 +127,20 @@ def test_attack_refuses_bad_inputs_before_any_work(tiny_world, tmp_path):
   with pytest.raises(ppa.AttackError, match='center_crop=32'):
     jobs.run(config, str(tmp_path / 'b'))
   assert not os.path.exists(tmp_path / 'b' / 'candidates.npz')
+
+
+def test_non_finite_loss_stops_the_batch_and_keeps_its_state(tiny_world, tmp_path):
+  root = tiny_world[0]
+  G = networks.Generator(GEN)
+  gen_vars = jax.jit(G.init)(jax.random.key(0), jnp.zeros((1, GEN.z_dim)))
+  gen_vars['params']['synthesis']['b16']['torgb']['bias'] = jnp.full((1,), jnp.nan)  # every image is NaN
+  save_generator(str(tmp_path / 'nan_generator'), GEN, gen_vars)
+  config = attack_config(root, classes=(2,), num_candidates=4, final_samples=2)
+  config.generator.dir = str(tmp_path / 'nan_generator')
+  workdir = tmp_path / 'attack'
+  with pytest.raises(FloatingPointError, match=r'batch 0 \(classes \[2\]\) at step 0'):
+    jobs.run(config, str(workdir))
+  with np.load(workdir / 'optimized' / 'batch_00000.failed.npz') as f:
+    assert f['w'].shape == (4, GEN.w_dim) and not f['finite'].any()
+    np.testing.assert_array_equal(f['w'], f['w0'])  # no update was applied from a non-finite step
+  assert not (workdir / 'optimized' / 'batch_00000.npz').exists() and not (workdir / 'final').exists()

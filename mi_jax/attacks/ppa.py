@@ -19,6 +19,7 @@ import os
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -160,8 +161,8 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
       chunk = _pad_to(z[start:start + batch_size], batch_size)
       w0, conf = score(jax.device_put(chunk, batch_sharded))
       n = min(batch_size, len(z) - start)
-      firsts.append(np.asarray(w0)[:n])
-      confidences.append(np.asarray(conf)[:n])
+      firsts.append(_fetch(w0)[:n])
+      confidences.append(_fetch(conf)[:n])
     pool_w, confidences = np.concatenate(firsts), np.concatenate(confidences)
     chosen = selection.top_candidates(confidences, classes, a.num_candidates)
     cand_classes = np.concatenate([np.full(a.num_candidates, c, np.int32) for c in classes])
@@ -187,22 +188,25 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
       key = jax.random.fold_in(jax.random.key(config.seed), b)
       w, log = run(jax.device_put(_pad_to(cand_w[rows], batch_size), batch_sharded),
                    jax.device_put(_pad_to(cand_classes[rows], batch_size), batch_sharded), key)
-      w, log = np.asarray(w)[:n], jax.device_get(log)
+      w, log = _fetch(w)[:n], jax.device_get(log)
       flat_log = {'loss': log['loss'], 'finite': log['finite'],
                   **{f'grad_norm/{k}': v for k, v in log['stage_grad_norm'].items()}}
       if not np.all(log['finite']):
         bad_step = int(np.argmin(log['finite']))
         failed = path.replace('.npz', '.failed.npz')
-        _save_npz(failed, w=w, w0=cand_w[rows], classes=cand_classes[rows], **flat_log)
+        if jax.process_index() == 0:
+          _save_npz(failed, w=w, w0=cand_w[rows], classes=cand_classes[rows], **flat_log)
         raise FloatingPointError(
             f'non-finite loss or gradient in batch {b} (classes {sorted(set(cand_classes[rows].tolist()))}) at '
             f'step {bad_step}; latents from before that step and the loss log are in {failed}. Finished batches '
             f'are kept; lower config.attack.lr or check the target and generator, then relaunch to resume.')
       if jax.process_index() == 0:
         _save_npz(path, w=w, classes=cand_classes[rows], **flat_log)
-    with np.load(path) as f:
-      final_w[rows] = f['w']
-      logs.append({k: f[k].tolist() for k in f.files if k not in ('w', 'classes')})
+    else:  # finished by an earlier launch
+      with np.load(path) as f:
+        w, flat_log = f['w'], {k: f[k] for k in f.files if k not in ('w', 'classes')}
+    final_w[rows] = w
+    logs.append({k: np.asarray(v).tolist() for k, v in flat_log.items()})
     progress.update(b + 1, {'loss': logs[-1]['loss'][-1]} if (b + 1) % max(1, num_batches // 20) == 0 else None)
 
   # -------------------------------------------------------------- 3. final selection
@@ -226,8 +230,8 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
       key = jax.random.fold_in(jax.random.key(config.seed + 1), c * 100_000 + start)
       imgs, sc = final_images_and_scores(jax.device_put(_pad_to(final_w[rows], batch_size), batch_sharded),
                                          jax.device_put(np.full(batch_size, c, np.int32), batch_sharded), key)
-      images.append(np.asarray(imgs)[:len(rows)])
-      scores.append(np.asarray(sc)[:len(rows)])
+      images.append(_fetch(imgs)[:len(rows)])
+      scores.append(_fetch(sc)[:len(rows)])
     images, scores = np.concatenate(images), np.concatenate(scores)
     keep = selection.top_final(scores, a.final_samples)
     kept = images[keep]
@@ -306,6 +310,13 @@ def _check_same_attack(workdir: str, config: ml_collections.ConfigDict, global_b
   if diffs:
     raise AttackError(f'{workdir} holds a different attack:\n' + '\n'.join(diffs) +
                       '\nUse a fresh --workdir, or relaunch with the settings it was started with.')
+
+
+def _fetch(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-host) sharded array as one numpy array on every process."""
+  if jax.process_count() > 1:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
 
 
 def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
