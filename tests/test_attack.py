@@ -74,6 +74,12 @@ def test_optimisation_raises_the_target_class_confidence(tiny_world):
   assert bool(np.all(log['finite']))
   assert sorted(log['stage_grad_norm']) == ['stage1_input', 'stage2_input', 'stage3_input', 'stage4_input']
   assert all(np.all(np.asarray(v) > 0) for v in log['stage_grad_norm'].values())
+  # Rematerialising the generator changes memory, not results.
+  remat = optimize.OptimizeSettings(steps=3, lr=0.02, center_crop=0, input_size=16, remat=True)
+  plain = optimize.OptimizeSettings(steps=3, lr=0.02, center_crop=0, input_size=16)
+  w_remat, _ = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, remat))(w0, targets, jax.random.key(1))
+  w_plain, _ = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, plain))(w0, targets, jax.random.key(1))
+  np.testing.assert_allclose(w_remat, w_plain, rtol=1e-5, atol=1e-6)
 
 
 def test_attack_job_outputs_resume_and_device_count(tiny_world, tmp_path):
