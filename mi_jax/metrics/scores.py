@@ -1,0 +1,73 @@
+"""Metrics computed from logits and features (numpy; batched by the caller over large sets).
+
+  attack_accuracy   top-1 / top-5 of an evaluation model on attack images (PPA metrics/accuracy.py)
+  knn_distance      mean over attack images of the squared L2 distance to the nearest private training
+                    feature of the same class (PPA metrics/distance_metrics.py)
+  frechet_distance  FID between two Gaussians fitted to Inception features (pytorch-fid's formula)
+  delta_ratio       Δ = (AttAcc_nodef - AttAcc_def) / (Acc_nodef - Acc_def), higher is better
+"""
+
+import numpy as np
+import scipy.linalg
+
+
+def attack_accuracy(logits: np.ndarray, targets: np.ndarray, k: int = 5) -> dict[str, float]:
+  """Share of images whose target class is the arg-max (top1) or among the k largest logits (top5)."""
+  logits, targets = np.asarray(logits), np.asarray(targets)
+  if logits.shape[0] != targets.shape[0] or logits.ndim != 2:
+    raise ValueError(f'expected logits [N, classes] and targets [N], got {logits.shape} and {targets.shape}')
+  top_k = np.argsort(-logits, axis=1, kind='stable')[:, :k]
+  return {'top1': float(np.mean(top_k[:, 0] == targets)), f'top{k}': float(np.mean(np.any(top_k == targets[:, None], 1)))}
+
+
+def knn_distance(attack_features: np.ndarray, attack_labels: np.ndarray,
+                 private_features: np.ndarray, private_labels: np.ndarray) -> float:
+  """Mean over attack images of min_j ||a_i - p_j||^2 over private images j of the same class."""
+  attack_features = np.asarray(attack_features, np.float64)
+  private_features = np.asarray(private_features, np.float64)
+  minima = np.empty(len(attack_features))
+  for c in np.unique(attack_labels):
+    rows = np.flatnonzero(attack_labels == c)
+    refs = private_features[np.asarray(private_labels) == c]
+    if not len(refs):
+      raise ValueError(f'class {c} has attack images but no private training images')
+    d2 = (np.sum(attack_features[rows] ** 2, 1)[:, None] - 2 * attack_features[rows] @ refs.T +
+          np.sum(refs ** 2, 1)[None, :])
+    minima[rows] = np.maximum(d2.min(axis=1), 0.0)  # the expansion can dip below 0 by rounding
+  return float(np.mean(minima))
+
+
+def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and (unbiased, as np.cov) covariance of [N, D] features."""
+  features = np.asarray(features, np.float64)
+  return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+  """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), with pytorch-fid's guard for singular products."""
+  mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+  sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+    raise ValueError(f'statistics differ in shape: {mu1.shape}/{sigma1.shape} vs {mu2.shape}/{sigma2.shape}')
+  diff = mu1 - mu2
+  covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
+  if not np.isfinite(covmean).all():  # near-singular product: offset the diagonals
+    offset = np.eye(sigma1.shape[0]) * eps
+    covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+  if np.iscomplexobj(covmean):
+    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+      raise ValueError(f'imaginary component {np.max(np.abs(covmean.imag))} in the covariance square root')
+    covmean = covmean.real
+  return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def delta_ratio(acc_nodef: float, attack_acc_nodef: float, acc_def: float, attack_acc_def: float) -> float:
+  """Attack-accuracy drop per point of natural-accuracy drop against the no-defense model.
+
+  Infinite when the defense costs no accuracy but lowers the attack; NaN for the no-defense row itself.
+  """
+  acc_drop = acc_nodef - acc_def
+  attack_drop = attack_acc_nodef - attack_acc_def
+  if acc_drop == 0:
+    return float('nan') if attack_drop == 0 else float(np.sign(attack_drop) * np.inf)
+  return attack_drop / acc_drop

@@ -1,0 +1,53 @@
+"""Metrics on inputs with known answers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from mi_jax.metrics import scores
+
+
+def test_attack_accuracy_top1_top5():
+  logits = np.array([[9, 1, 2, 3, 4, 5, 0],    # top1 = 0
+                     [1, 9, 2, 3, 4, 5, 0],    # top1 = 1; class 6 is last
+                     [1, 2, 3, 4, 5, 6, 9.]])  # class 0 is 7th: outside the top 5
+  got = scores.attack_accuracy(logits, np.array([0, 6, 0]))
+  assert got == {'top1': pytest.approx(1 / 3), 'top5': pytest.approx(1 / 3)}
+  assert scores.attack_accuracy(logits, np.array([0, 2, 5])) == {'top1': pytest.approx(1 / 3), 'top5': pytest.approx(1.0)}
+
+
+def test_knn_distance_same_class_nearest_squared():
+  private = np.array([[0., 0.], [10., 0.], [0., 3.], [100., 100.]])
+  private_labels = np.array([0, 0, 1, 1])
+  attack = np.array([[1., 0.], [9., 1.], [0., 0.]])
+  attack_labels = np.array([0, 0, 1])
+  # Class 0: nearest squared distances 1 and 1+1=2; class 1: the point (0, 3) -> 9, not class 0's origin.
+  assert scores.knn_distance(attack, attack_labels, private, private_labels) == pytest.approx((1 + 2 + 9) / 3)
+  with pytest.raises(ValueError, match='class 2'):
+    scores.knn_distance(attack, np.array([0, 0, 2]), private, private_labels)
+
+
+def test_frechet_distance_closed_forms():
+  rng = np.random.default_rng(0)
+  sigma = np.cov(rng.standard_normal((50, 4)), rowvar=False)
+  assert scores.frechet_distance(np.ones(4), sigma, np.ones(4), sigma) == pytest.approx(0, abs=1e-8)
+  # 1-D: (m1 - m2)^2 + (s1 - s2)^2 for standard deviations s.
+  assert scores.frechet_distance(1.0, 4.0, 3.0, 9.0) == pytest.approx(4 + (2 - 3) ** 2)
+  # Diagonal covariances: sum over dimensions of the 1-D formula.
+  v1, v2 = np.array([1., 4., 9.]), np.array([4., 4., 1.])
+  mu1, mu2 = np.zeros(3), np.array([1., 0., 2.])
+  want = 5 + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)
+  assert scores.frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(want)
+  mu, cov = scores.gaussian_statistics(rng.standard_normal((1000, 3)) * [1, 2, 3] + [5, 0, 0])
+  np.testing.assert_allclose(mu, [5, 0, 0], atol=0.3)
+  np.testing.assert_allclose(np.diag(cov), [1, 4, 9], rtol=0.15)
+
+
+def test_delta_ratio_reproduces_the_paper_table():
+  # ResNet-34 on FaceScrub (reference/mission.md §4.1): No Def. 94.69 / 90.78.
+  assert scores.delta_ratio(94.69, 90.78, 91.38, 71.86) == pytest.approx(5.72, abs=0.005)   # RoLSS
+  assert scores.delta_ratio(94.69, 90.78, 94.40, 81.65) == pytest.approx(31.48, abs=0.005)  # TTS
+  assert scores.delta_ratio(94.69, 90.78, 91.66, 81.98) == pytest.approx(2.90, abs=0.005)   # BiDO
+  assert math.isinf(scores.delta_ratio(90.0, 80.0, 90.0, 70.0))
+  assert math.isnan(scores.delta_ratio(90.0, 80.0, 90.0, 80.0))
