@@ -18,11 +18,14 @@ from mi_jax.convert import torchvision as tv_convert  # pylint: disable=g-import
 from mi_jax.defenses import transplant  # pylint: disable=g-import-not-at-top
 
 
-def _torchvision_models():
+def _torchvision_models(seed: int):
+  """torchvision.models, with torch's global RNG seeded so the nets built next get the same default init."""
   try:
-    return torch_compat.import_torchvision().models
+    tvm = torch_compat.import_torchvision().models
   except ImportError:
     pytest.skip('torchvision is not installed (pip install -e ".[torch]")')
+  torch.manual_seed(seed)
+  return tvm
 
 
 def _randomised(net, seed):
@@ -71,13 +74,13 @@ def _parity(name, torch_net, state_dict, input_size=64):
 
 @pytest.mark.parametrize('name', ['resnet18', 'resnet50'])
 def test_resnet_parity_with_torchvision(name):
-  tvm = _torchvision_models()
+  tvm = _torchvision_models(seed=1)
   net = _randomised(getattr(tvm, name)(num_classes=7), seed=1)
   assert _parity(name, net, {k: v.numpy() for k, v in net.state_dict().items()}) <= 1e-4
 
 
 def test_densenet_parity_with_torchvision_and_legacy_names():
-  tvm = _torchvision_models()
+  tvm = _torchvision_models(seed=2)
   net = _randomised(tvm.densenet121(num_classes=7), seed=2)
   state = {k: v.numpy() for k, v in net.state_dict().items()}
   assert _parity('densenet121', net, state) <= 1e-4
@@ -89,7 +92,7 @@ def test_densenet_parity_with_torchvision_and_legacy_names():
 
 
 def test_init_file_with_new_head_and_clear_errors(tmp_path):
-  tvm = _torchvision_models()
+  tvm = _torchvision_models(seed=3)
   net = _randomised(tvm.resnet18(num_classes=1000), seed=3)
   path = tmp_path / 'resnet18_imagenet.pth'
   torch.save({'model_state_dict': {'module.' + k: v for k, v in net.state_dict().items()}}, path)
