@@ -52,14 +52,24 @@ def quiet_library_logs():
   logging.get_absl_handler().addFilter(_LibraryDetailFilter())
 
 
-def _check(condition: bool, field: str, value, expected: str):
+def check_field(condition: bool, field: str, value, expected: str, error: type[Exception] = ValueError):
+  """Raises `error` naming `config.<field>` and its value unless `condition` holds."""
   if not condition:
-    raise ValueError(f'config.{field}={value!r}: {expected}')
+    raise error(f'config.{field}={value!r}: {expected}')
+
+
+def check_positive_ints(config: ml_collections.ConfigDict, fields, error: type[Exception] = ValueError):
+  """Each dotted field of `config` ('train.batch_size') must be a positive integer."""
+  for field in fields:
+    value = config
+    for part in field.split('.'):
+      value = value[part]
+    check_field(isinstance(value, int) and value > 0, field, value, 'expected a positive integer', error)
 
 
 def validate_config(config: ml_collections.ConfigDict):
   """Fails early, naming the field, on values that would only break deep inside a job."""
-  _check(config.job in JOBS, 'job', config.job, f'expected one of {sorted(JOBS)}')
+  check_field(config.job in JOBS, 'job', config.job, f'expected one of {sorted(JOBS)}')
   if config.job == 'gan':
     from mi_jax.train import gan  # pylint: disable=g-import-not-at-top
     return gan.validate_config(config)
@@ -77,25 +87,22 @@ def _validate_classifier_config(config: ml_collections.ConfigDict):
   from mi_jax.data import sources  # pylint: disable=g-import-not-at-top
   models.build_model(config.model)  # validates name, dtype and skip
   sources.resolve(config.data)  # validates the data set name without touching data_dir
-  for field in ('train.epochs', 'train.batch_size', 'train.eval_every_epochs', 'train.log_every_steps',
-                'train.keep_checkpoints', 'data.image_size', 'model.num_classes'):
-    section, key = field.split('.')
-    value = config[section][key]
-    _check(isinstance(value, int) and value > 0, field, value, 'expected a positive integer')
-  _check(config.model.width >= 0, 'model.width', config.model.width, 'expected >= 0 (0 = the architecture default)')
-  _check(config.num_devices >= 0, 'num_devices', config.num_devices, 'expected >= 0 (0 = all devices)')
-  _check(config.data.worker_count >= 0, 'data.worker_count', config.data.worker_count, 'expected >= 0')
-  _check(config.optim.lr > 0, 'optim.lr', config.optim.lr, 'expected > 0')
-  _check(list(config.optim.lr_milestones) == sorted(config.optim.lr_milestones), 'optim.lr_milestones',
+  check_positive_ints(config, ('train.epochs', 'train.batch_size', 'train.eval_every_epochs', 'train.log_every_steps',
+                               'train.keep_checkpoints', 'data.image_size', 'model.num_classes'))
+  check_field(config.model.width >= 0, 'model.width', config.model.width, 'expected >= 0 (0 = the architecture default)')
+  check_field(config.num_devices >= 0, 'num_devices', config.num_devices, 'expected >= 0 (0 = all devices)')
+  check_field(config.data.worker_count >= 0, 'data.worker_count', config.data.worker_count, 'expected >= 0')
+  check_field(config.optim.lr > 0, 'optim.lr', config.optim.lr, 'expected > 0')
+  check_field(list(config.optim.lr_milestones) == sorted(config.optim.lr_milestones), 'optim.lr_milestones',
          config.optim.lr_milestones, 'expected increasing epochs')
   if config.job == 'tts':
     from mi_jax.defenses import tts  # pylint: disable=g-import-not-at-top
-    _check('tts' in config, 'tts', None, 'the tts job needs a config.tts section (see configs/tts.py)')
+    check_field('tts' in config, 'tts', None, 'the tts job needs a config.tts section (see configs/tts.py)')
     tts.stage_configs(config)  # validates stage1_epochs and lr_schedule
   scale, ratio = config.data.augment.rrc_scale, config.data.augment.rrc_ratio
-  _check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, 'data.augment.rrc_scale', scale,
+  check_field(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, 'data.augment.rrc_scale', scale,
          'expected (low, high) with 0 < low <= high <= 1')
-  _check(len(ratio) == 2 and 0 < ratio[0] <= ratio[1], 'data.augment.rrc_ratio', ratio,
+  check_field(len(ratio) == 2 and 0 < ratio[0] <= ratio[1], 'data.augment.rrc_ratio', ratio,
          'expected (low, high) with 0 < low <= high')
 
 

@@ -14,6 +14,7 @@ evaluation sizes), `grids/class_<c>.png`, `final_grid.png` (a row per class), `l
 batch) and `attack.json` (settings and summary).
 """
 
+import functools
 import json
 import os
 
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mi_jax import models
+from mi_jax import jobs, models
 from mi_jax.attacks import optimize, selection, transforms
 from mi_jax.train import checkpoint, reporting, sharding
 from third_party.stylegan_jax import checkpoint as generator_io
@@ -74,17 +75,16 @@ def check_compatible(model, variables, saved: dict, gen_config: networks.Generat
 
 def validate_config(config: ml_collections.ConfigDict):
   """Fails early, naming the field, before anything is loaded."""
-  def check(ok, field, value, expected):
-    if not ok:
-      raise AttackError(f'config.{field}={value!r}: {expected}')
+  check = functools.partial(jobs.check_field, error=AttackError)
   a = config.attack
   check(bool(config.target.workdir) and os.path.isdir(os.path.expanduser(config.target.workdir)), 'target.workdir',
         config.target.workdir, 'not a directory (the workdir of a train job)')
   gen_dir = os.path.expanduser(config.generator.dir)
   check(bool(config.generator.dir) and os.path.isfile(os.path.join(gen_dir, generator_io.CONFIG_FILE)),
         'generator.dir', config.generator.dir, f'not a generator directory (no {generator_io.CONFIG_FILE})')
-  for field in ('search_space_size', 'num_candidates', 'batch_size', 'steps', 'final_samples', 'final_iterations'):
-    check(isinstance(a[field], int) and a[field] > 0, f'attack.{field}', a[field], 'expected a positive integer')
+  jobs.check_positive_ints(config, [f'attack.{field}' for field in ('search_space_size', 'num_candidates', 'batch_size',
+                                                                     'steps', 'final_samples', 'final_iterations')],
+                           error=AttackError)
   check(a.num_candidates <= a.search_space_size, 'attack.num_candidates', a.num_candidates,
         f'expected <= attack.search_space_size ({a.search_space_size})')
   check(a.final_samples <= a.num_candidates, 'attack.final_samples', a.final_samples,

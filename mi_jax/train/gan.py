@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from mi_jax import jobs
 from mi_jax.data import pipeline, sources
 from mi_jax.train import checkpoint, reporting, sharding
 from third_party.stylegan_jax import checkpoint as generator_io
@@ -50,18 +51,14 @@ def hyperparams(config: ml_collections.ConfigDict) -> training.GanHyperparams:
 
 def validate_config(config: ml_collections.ConfigDict):
   """Fails early, naming the field, on values that would only break deep inside the job."""
-  def check(ok, field, value, expected):
-    if not ok:
-      raise ValueError(f'config.{field}={value!r}: {expected}')
+  check = jobs.check_field
   size = config.data.image_size
   check(size >= 4 and size & (size - 1) == 0, 'data.image_size', size, 'expected a power of two >= 4')
-  for field in ('generator.z_dim', 'generator.w_dim', 'generator.mapping_layers', 'generator.channel_base',
-                'generator.channel_max', 'discriminator.channel_base', 'discriminator.channel_max',
-                'train.steps', 'train.batch_size', 'train.log_every_steps', 'train.checkpoint_every_steps',
-                'train.sample_every_steps', 'train.keep_checkpoints', 'train.num_samples', 'gan.r1_interval'):
-    section, key = field.split('.')
-    value = config[section][key]
-    check(isinstance(value, int) and value > 0, field, value, 'expected a positive integer')
+  jobs.check_positive_ints(config, (
+      'generator.z_dim', 'generator.w_dim', 'generator.mapping_layers', 'generator.channel_base',
+      'generator.channel_max', 'discriminator.channel_base', 'discriminator.channel_max', 'train.steps',
+      'train.batch_size', 'train.log_every_steps', 'train.checkpoint_every_steps', 'train.sample_every_steps',
+      'train.keep_checkpoints', 'train.num_samples', 'gan.r1_interval'))
   group = config.discriminator.mbstd_group_size
   check(group >= 0 and (group == 0 or config.train.batch_size % min(group, config.train.batch_size) == 0),
         'discriminator.mbstd_group_size', group, 'expected 0 or a divisor of train.batch_size')
