@@ -47,8 +47,7 @@ class ConvNeXt(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if len(self.skip) != len(self.depths):
-      raise ValueError(f'skip has {len(self.skip)} entries, the model has {len(self.depths)} stages')
+    skip_lib.check_count(self.skip, len(self.depths))
     layer_norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
     x = jnp.asarray(x, self.dtype)
     x = nn.Conv(self.dims[0], (4, 4), strides=(4, 4), padding='VALID', kernel_init=trunc_normal,

@@ -99,8 +99,7 @@ class DenseNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if len(self.skip) != len(self.block_config):
-      raise ValueError(f'skip has {len(self.skip)} entries, the model has {len(self.block_config)} dense blocks')
+    skip_lib.check_count(self.skip, len(self.block_config), 'dense blocks')
     norm = layers.batch_norm(train, self.dtype)
     growth = self.width // 2 if self.width else self.growth_rate
     x = jnp.asarray(x, self.dtype)

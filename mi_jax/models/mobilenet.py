@@ -87,8 +87,7 @@ class MobileNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if len(self.skip) != len(self.block_setting):
-      raise ValueError(f'skip has {len(self.skip)} entries, the model has {len(self.block_setting)} groups')
+    skip_lib.check_count(self.skip, len(self.block_setting), 'groups')
     norm = layers.batch_norm(train, self.dtype)
     x = jnp.asarray(x, self.dtype)
     x = ConvBN(make_divisible(32 * self.width_mult), 3, 2, norm=norm, dtype=self.dtype, name='stem')(x)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mi_jax.models import layers
-from mi_jax.models.skip import parse_skip
+from mi_jax.models import skip as skip_lib
 
 BN_EPSILON = layers.BN_EPSILON
 
@@ -68,8 +68,7 @@ class RepVGG(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if len(self.skip) != len(self.num_blocks):
-      raise ValueError(f'skip has {len(self.skip)} entries, the model has {len(self.num_blocks)} stages')
+    skip_lib.check_count(self.skip, len(self.num_blocks))
     norm = layers.batch_norm(train, self.dtype)
     a, b = self.width_multiplier
     base = self.width or int(64 * a)
@@ -78,7 +77,7 @@ class RepVGG(nn.Module):
     x = jnp.asarray(x, self.dtype)
     x = block(min(64, base), 2, 1.0, name='stage0')(x)
     for i, n in enumerate(self.num_blocks):
-      kind, k = parse_skip(self.skip[i])
+      kind, k = skip_lib.parse_skip(self.skip[i])
       if kind != 'fixed':
         raise ValueError('RepVGG takes fixed identity-branch factors only')
       x = self.perturb(f'stage{i + 1}_input', x)
@@ -110,7 +109,7 @@ def reparameterize(variables: dict, skip: Sequence[Any] = (1.0, 1.0, 1.0, 1.0)) 
     kernel[1, 1] += one[0, 0]  # a 1x1 conv is a 3x3 conv with only the centre tap
     bias = dense[1] + one_bias
     stage = 0 if name == 'stage0' else int(name[len('stage')])
-    k = 1.0 if stage == 0 else parse_skip(skip[stage - 1])[1]
+    k = 1.0 if stage == 0 else skip_lib.parse_skip(skip[stage - 1])[1]
     if f'{name}/rbr_identity/scale' in params and k != 0.0:
       channels = kernel.shape[-1]
       identity = np.zeros((3, 3, channels, channels))

@@ -99,8 +99,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if len(self.skip) != len(self.stage_sizes):
-      raise ValueError(f'skip has {len(self.skip)} entries, the model has {len(self.stage_sizes)} stages')
+    skip_lib.check_count(self.skip, len(self.stage_sizes))
     norm = layers.batch_norm(train, self.dtype)
     x = jnp.asarray(x, self.dtype)
     if self.stem == 'imagenet':

@@ -14,6 +14,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
+def check_count(skip, num_stages: int, unit: str = 'stages'):
+  """One skip setting per stage (DenseNet: dense block; MobileNetV2: group)."""
+  if len(skip) != num_stages:
+    raise ValueError(f'skip has {len(skip)} entries, the model has {num_stages} {unit}')
+
+
 def parse_skip(setting) -> tuple[str, float]:
   """Returns ('fixed', k) or ('learn', k_init) for one stage's skip setting."""
   if isinstance(setting, str):
