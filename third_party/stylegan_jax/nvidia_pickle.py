@@ -204,12 +204,9 @@ def config_from_init_kwargs(kwargs: dict) -> networks.GeneratorConfig:
 #----------------------------------------------------------------------------
 # state_dict -> Flax variables.
 
-def _torch_to_flax(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarray] | None:
-  """(collection + module path, re-laid array) for one state_dict entry; None for constant filters."""
-  parts = key.split('.')
-  *path, leaf = parts
-  if leaf == 'resample_filter':
-    return None
+def _torch_to_flax(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+  """(collection + module path, re-laid array) for one state_dict entry (constant filters are checked apart)."""
+  *path, leaf = key.split('.')
   if leaf in ('w_avg', 'noise_const'):
     return ('buffers', *path, leaf), value
   if leaf == 'weight':
@@ -234,10 +231,10 @@ def to_variables(state_dict: dict[str, np.ndarray], config: networks.GeneratorCo
   """{'params', 'buffers'} for networks.Generator(config); raises listing every missing/extra/mis-shaped entry."""
   expected = flax.traverse_util.flatten_dict(abstract_variables(config))
   flat, found, problems = {}, set(), []
+  filter_taps = ops.setup_filter(config.resample_filter)
   for key, value in state_dict.items():
-    if key.endswith('resample_filter'):
-      want = ops.setup_filter(config.resample_filter)
-      if value.shape != want.shape or not np.allclose(value, want):
+    if key.endswith('resample_filter'):  # a constant of the architecture: checked, not stored
+      if value.shape != filter_taps.shape or not np.allclose(value, filter_taps):
         problems.append(f'{key}: filter {value.tolist()} differs from resample_filter={config.resample_filter}')
       continue
     path, array = _torch_to_flax(key, value)
