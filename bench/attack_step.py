@@ -54,7 +54,7 @@ def make_run(setup, num_devices, batch, steps):
   settings = optimize.OptimizeSettings(steps=steps, center_crop=setup['crop'], input_size=setup['size'])
   synthesize = lambda w: G.apply(gen_vars, w[:, None], method=G.synthesize)
   classify = lambda x, p: model.apply({**variables, 'perturbations': p}, x, train=False)
-  zeros = ppa._perturbation_zeros(model, variables, setup['size'], channels)  # pylint: disable=protected-access
+  zeros = ppa.perturbation_zeros(model, variables, setup['size'], channels)
   mesh = sharding.make_mesh(num_devices)
   batch_sharded, replicated = sharding.data_sharded(mesh), sharding.replicated(mesh)
   fn = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, settings),

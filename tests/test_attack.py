@@ -57,7 +57,7 @@ def test_optimisation_raises_the_target_class_confidence(tiny_world):
   settings = optimize.OptimizeSettings(steps=30, lr=0.02, center_crop=0, input_size=16)
   synthesize = lambda w: G.apply(gen_vars, w[:, None], method=G.synthesize)
   classify = lambda x, p: model.apply({**variables, 'perturbations': p}, x, train=False)
-  zeros = ppa._perturbation_zeros(model, variables, 16, 1)  # pylint: disable=protected-access
+  zeros = ppa.perturbation_zeros(model, variables, 16, 1)
   run = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, settings))
   w0 = jnp.asarray(np.random.default_rng(0).standard_normal((4, GEN.w_dim)), jnp.float32)
   probs = lambda w: jax.nn.softmax(model.apply(variables, synthesize(w), train=False))

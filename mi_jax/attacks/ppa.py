@@ -27,6 +27,7 @@ import numpy as np
 
 from mi_jax import jobs, models
 from mi_jax.attacks import optimize, selection, transforms
+from mi_jax.metrics import scores as scores_lib
 from mi_jax.train import checkpoint, reporting, sharding
 from third_party.stylegan_jax import checkpoint as generator_io
 from third_party.stylegan_jax import networks
@@ -47,11 +48,7 @@ def load_target(workdir: str, step: int = 0):
   if step is None:
     raise AttackError(f'config.target.workdir={workdir!r} holds no checkpoint (train a target there first; '
                       'for TTS name its stage2/ directory)')
-  ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir))
-  try:
-    saved = ckpt.restore_config(step)
-  finally:
-    ckpt.close()
+  saved = checkpoint.load_config(workdir, step)
   model = models.build_model(ml_collections.ConfigDict(saved['model']))
   return model, checkpoint.load_variables(workdir, step), saved
 
@@ -124,6 +121,7 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
   settings = settings_from(config, input_size)
   classes = [int(c) for c in a.classes] or list(range(saved['model']['num_classes']))
   check_compatible(model, target_vars, saved, gen_config, settings, classes)
+  evaluation_logits = _make_evaluator(config, gen_config, settings, classes)  # validated before any work
 
   mesh = sharding.make_mesh(config.num_devices)
   replicated, batch_sharded = sharding.replicated(mesh), sharding.data_sharded(mesh)
@@ -174,7 +172,7 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # -------------------------------------------------------------- 2. optimisation
   optimized_dir = os.path.join(workdir, 'optimized')
   os.makedirs(optimized_dir, exist_ok=True)
-  zeros_like_perturbations = _perturbation_zeros(model, target_vars, input_size, gen_config.img_channels)
+  zeros_like_perturbations = perturbation_zeros(model, target_vars, input_size, gen_config.img_channels)
   run = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros_like_perturbations, settings),
                 in_shardings=(batch_sharded, batch_sharded, replicated), out_shardings=(batch_sharded, replicated))
   num_batches = -(-len(cand_w) // batch_size)
@@ -220,8 +218,7 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return images, selection.final_scores(classify, frame(images), targets, key, a.final_iterations,
                                           tuple(a.final_rrc_scale), tuple(a.final_rrc_ratio))
 
-  evaluate = _make_evaluator(config, gen_config, settings, classes)
-  summary, eval_hits, overview = {}, {'top1': 0, 'top5': 0, 'count': 0}, []
+  summary, overview, eval_logits, eval_targets = {}, [], [], []
   for c in classes:
     idx = np.flatnonzero(cand_classes == c)
     images, scores = [], []
@@ -234,42 +231,42 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
       scores.append(_fetch(sc)[:len(rows)])
     images, scores = np.concatenate(images), np.concatenate(scores)
     keep = selection.top_final(scores, a.final_samples)
-    kept = images[keep]
-    sized = {f'images_{s}': _to_uint8(transforms.generator_to_classifier(jnp.asarray(kept), settings.center_crop, s))
-             for s in sorted(set(a.eval_sizes) | {input_size})}
+    kept = jnp.asarray(images[keep])
+    framed = np.asarray(frame(kept))  # at the target's input size
+    sized = {f'images_{s}': _to_uint8(transforms.generator_to_classifier(kept, settings.center_crop, s))
+             for s in sorted(set(a.eval_sizes) - {input_size})}
+    sized[f'images_{input_size}'] = _to_uint8(framed)
     if jax.process_index() == 0:
       _save_npz(os.path.join(final_dir, f'class_{c:05d}.npz'), w=final_w[idx[keep]], scores=scores[keep], **sized)
-      reporting.save_png(os.path.join(grid_dir, f'class_{c:05d}.png'),
-                         reporting.image_grid(np.asarray(frame(jnp.asarray(kept)))))
+      reporting.save_png(os.path.join(grid_dir, f'class_{c:05d}.png'), reporting.image_grid(framed))
     summary[c] = float(np.mean(scores[keep]))
     if len(overview) < OVERVIEW_CLASSES:
-      overview.append(np.asarray(frame(jnp.asarray(kept[:OVERVIEW_PER_CLASS]))))
-    if evaluate is not None:
-      for k, v in evaluate(kept, c).items():
-        eval_hits[k] += v
+      overview.append(framed[:OVERVIEW_PER_CLASS])
+    if evaluation_logits is not None:
+      eval_logits.append(np.asarray(evaluation_logits(kept)))
+      eval_targets.append(np.full(len(keep), c))
 
   results = {'classes': len(classes), 'latents_optimized': int(len(cand_w)), 'batches': num_batches,
              'final_per_class': int(a.final_samples), 'mean_final_target_confidence': float(np.mean(list(summary.values()))),
              'final_loss_mean': float(np.mean([log['loss'][-1] for log in logs]))}
-  if evaluate is not None:
-    results['eval_top1'] = eval_hits['top1'] / eval_hits['count']
-    results['eval_top5'] = eval_hits['top5'] / eval_hits['count']
+  if evaluation_logits is not None:
+    accuracy = scores_lib.attack_accuracy(np.concatenate(eval_logits), np.concatenate(eval_targets))
+    results['eval_top1'], results['eval_top5'] = accuracy['top1'], accuracy['top5']
   if jax.process_index() == 0:
     # One row per class (the first OVERVIEW_CLASSES), best first.
     per_row = min(OVERVIEW_PER_CLASS, a.final_samples)
     reporting.save_png(os.path.join(workdir, 'final_grid.png'),
                        reporting.image_grid(np.concatenate([row[:per_row] for row in overview]), ncols=per_row))
-    with open(os.path.join(workdir, 'log.json'), 'w') as f:
-      json.dump({'batches': logs}, f)
-    with open(os.path.join(workdir, 'attack.json'), 'w') as f:
-      json.dump({'settings': json.loads(config.to_json_best_effort()), 'target_config': saved,
-                 'per_class_confidence': {str(k): v for k, v in summary.items()}, **results}, f, indent=2)
+  reporting.write_json(os.path.join(workdir, 'log.json'), {'batches': logs}, indent=None)
+  reporting.write_json(os.path.join(workdir, 'attack.json'),
+                       {'settings': json.loads(config.to_json_best_effort()), 'target_config': saved,
+                        'per_class_confidence': {str(k): v for k, v in summary.items()}, **results})
   logging.info('Attack done: %s', results)
   return results
 
 
 def _make_evaluator(config, gen_config, settings, classes):
-  """(final images [n, R, R, C], class) -> top-1/top-5 hits of the evaluation model; None without one."""
+  """Final images [n, R, R, C] -> the evaluation model's logits; None without an evaluation model."""
   workdir = config.evaluation.workdir
   if not workdir:
     return None
@@ -280,13 +277,7 @@ def _make_evaluator(config, gen_config, settings, classes):
   @jax.jit
   def logits(images):
     return model.apply(variables, transforms.generator_to_classifier(images, settings.center_crop, size), train=False)
-
-  def evaluate(images, c):
-    out = np.asarray(logits(jnp.asarray(images)))
-    top5 = np.argsort(-out, axis=1)[:, :5]
-    return {'top1': int(np.sum(np.argmax(out, 1) == c)), 'top5': int(np.sum(np.any(top5 == c, axis=1))),
-            'count': len(images)}
-  return evaluate
+  return logits
 
 
 def _check_same_attack(workdir: str, config: ml_collections.ConfigDict, global_batch: int):
@@ -300,9 +291,7 @@ def _check_same_attack(workdir: str, config: ml_collections.ConfigDict, global_b
               'global_batch': global_batch}
   path = os.path.join(workdir, 'run.json')
   if not os.path.exists(path):
-    if jax.process_index() == 0:
-      with open(path, 'w') as f:
-        json.dump(identity, f, indent=2)
+    reporting.write_json(path, identity)
     return
   with open(path) as f:
     saved = json.load(f)
@@ -326,7 +315,7 @@ def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([array, np.repeat(array[:1], size - len(array), axis=0)])
 
 
-def _perturbation_zeros(model, variables, size: int, channels: int):
+def perturbation_zeros(model, variables, size: int, channels: int):
   """batch -> zeros of the target's `perturbations` collection (its stage inputs) for that batch size."""
   def zeros(batch):
     _, shapes = jax.eval_shape(lambda: model.apply(variables, jnp.zeros((batch, size, size, channels)), train=False,

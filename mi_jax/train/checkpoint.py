@@ -99,6 +99,13 @@ def latest_step_in(workdir: str):
     return mngr.latest_step()
 
 
+def load_config(workdir: str, step: int) -> dict:
+  """The config dict saved with the run in `workdir` at `step`, read without touching the directory."""
+  with ocp.CheckpointManager(os.path.abspath(checkpoint_dir(workdir)),
+                             options=ocp.CheckpointManagerOptions(create=False, read_only=True)) as mngr:
+    return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+
+
 def load_variables(workdir: str, step: int | None = None) -> dict:
   """{'params', 'batch_stats'} (numpy) of the run in `workdir` at `step` (default: latest)."""
   step = latest_step_in(workdir) if step is None else step

@@ -20,13 +20,18 @@ def format_duration(seconds: float) -> str:
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
-def write_results(workdir: str, results: dict):
-  """`<workdir>/results.json` (process 0 only): the summary a finished job leaves."""
+def write_json(path: str, obj, indent: int | None = 2):
+  """Writes `obj` to `path` atomically, on process 0 only (every process holds the same value)."""
   if jax.process_index() == 0:
-    tmp = os.path.join(workdir, 'results.json.tmp')
+    tmp = path + '.tmp'
     with open(tmp, 'w') as f:
-      json.dump(results, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, 'results.json'))
+      json.dump(obj, f, indent=indent)
+    os.replace(tmp, path)
+
+
+def write_results(workdir: str, results: dict):
+  """`<workdir>/results.json`: the summary a finished job leaves."""
+  write_json(os.path.join(workdir, 'results.json'), results)
 
 
 def check_finite(step: int, metrics: dict, workdir: str, hint: str):
