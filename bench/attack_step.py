@@ -11,7 +11,6 @@ multi-GPU host it is the scaling). The devices are forced with XLA_FLAGS before 
 """
 
 import os
-import time
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 
@@ -26,6 +25,7 @@ from mi_jax import models  # pylint: disable=g-import-not-at-top
 from mi_jax.attacks import optimize, ppa  # pylint: disable=g-import-not-at-top
 from mi_jax.train import sharding  # pylint: disable=g-import-not-at-top
 from third_party.stylegan_jax import networks  # pylint: disable=g-import-not-at-top
+import _timing  # pylint: disable=g-import-not-at-top  # bench/, beside this script
 
 _SIZES = flags.DEFINE_list('sizes', ['demo', 'large'], 'demo and/or large.')
 _DEVICES = flags.DEFINE_list('devices', ['1', '2', '4', '8'], 'Device counts to compare.')
@@ -63,8 +63,10 @@ def make_run(setup, num_devices, batch, steps):
                       batch_sharded)
   targets = jax.device_put(np.arange(batch, dtype=np.int32) % 10, batch_sharded)
 
-  def run():
-    jax.block_until_ready(fn(w0, targets, jax.random.key(0)))
+  def run(n):
+    for _ in range(n):
+      out = fn(w0, targets, jax.random.key(0))
+    jax.block_until_ready(out)
   return run
 
 
@@ -77,14 +79,7 @@ def main(argv):
         ''.join(f'{f"{d}/{counts[0]} dev":>12}' for d in counts[1:]))
   for name in _SIZES.value:
     runs = {d: make_run(SETUPS[name], d, _BATCH.value, _STEPS.value) for d in counts}
-    for run in runs.values():
-      run()  # compile
-    best = {d: 0.0 for d in counts}
-    for _ in range(_REPEATS.value):
-      for d, run in runs.items():
-        start = time.perf_counter()
-        run()
-        best[d] = max(best[d], _BATCH.value * _STEPS.value / (time.perf_counter() - start))
+    best = _timing.best_rates(runs, 1, _REPEATS.value, units_per_call=_BATCH.value * _STEPS.value)
     print(f'{name:<7}' + ''.join(f'{best[d]:>20.1f}' for d in counts) +
           ''.join(f'{best[d] / best[counts[0]]:>12.2f}' for d in counts[1:]), flush=True)
 

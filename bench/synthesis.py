@@ -14,7 +14,6 @@ tests/test_stylegan_official.py).
 
 import os
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from third_party.stylegan_jax import networks
+import _timing  # bench/, beside this script
 
 _RESOLUTIONS = flags.DEFINE_list('resolutions', ['32', '64', '128'], 'Output resolutions.')
 _CHANNEL_BASE = flags.DEFINE_integer('channel_base', 8192, 'channels at res r = min(channel_base // r, channel_max).')
@@ -93,14 +93,7 @@ def main(argv):
     official = torch_fns(config, _BATCH.value)
     if official is not None:
       _, runs['torch_grad'] = official
-    for run in runs.values():
-      run(1)  # compile / warm up
-    best = {k: 0.0 for k in runs}
-    for _ in range(_REPEATS.value):
-      for name, run in runs.items():
-        start = time.perf_counter()
-        run(_STEPS.value)
-        best[name] = max(best[name], _STEPS.value * _BATCH.value / (time.perf_counter() - start))
+    best = _timing.best_rates(runs, _STEPS.value, _REPEATS.value, units_per_call=_BATCH.value)
     line = (f'{res:>5} {best["fwd"]:>10.1f} {best["grad"]:>14.1f} {best["fwd"] / best["grad"]:>9.2f} '
             f'{best["bf16_grad"]:>13.1f} {best["bf16_grad"] / best["grad"]:>10.2f}')
     if official is not None:

@@ -8,8 +8,6 @@ Both sides: random init, Adam, cross-entropy, BN in train mode, one full step
 run so machine load hits both alike. Prints steps/s and the JAX/PyTorch ratio.
 """
 
-import time
-
 from absl import app
 from absl import flags
 import jax
@@ -20,6 +18,7 @@ import optax
 from mi_jax import models
 from mi_jax.convert import torch_compat
 from mi_jax.train import sharding, state as state_lib, steps
+import _timing  # bench/, beside this script
 
 _MODELS = flags.DEFINE_list('models', ['resnet18', 'resnet34', 'densenet121'], 'Models to time.')
 _SIZE = flags.DEFINE_integer('size', 64, 'Input height and width.')
@@ -70,14 +69,7 @@ def main(argv):
   print(f'{"model":<12} {"jax steps/s":>12} {"torch steps/s":>14} {"jax/torch":>10}')
   for name in _MODELS.value:
     runs = {'jax': jax_step_fn(name, _BATCH.value, _SIZE.value), 'torch': torch_step_fn(name, _BATCH.value, _SIZE.value)}
-    for run in runs.values():
-      run(2)  # compile / warm up
-    best = {k: 0.0 for k in runs}
-    for _ in range(_REPEATS.value):
-      for side, run in runs.items():
-        start = time.perf_counter()
-        run(_STEPS.value)
-        best[side] = max(best[side], _STEPS.value / (time.perf_counter() - start))
+    best = _timing.best_rates(runs, _STEPS.value, _REPEATS.value, units_per_call=1)
     print(f'{name:<12} {best["jax"]:>12.2f} {best["torch"]:>14.2f} {best["jax"] / best["torch"]:>10.2f}')
 
 
