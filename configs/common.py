@@ -80,6 +80,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.lr_milestones = (75, 90)       # Epochs at which lr *= lr_gamma.
   config.optim.lr_gamma = 0.1
 
+  config.bido = ml_collections.ConfigDict()   # BiDO-HSIC (mi_jax/defenses/bido.py); off while a1 = a2 = 0.
+  config.bido.a1 = 0.0                        # Weight of sum_j nHSIC(X, Z_j): input information in the features.
+  config.bido.a2 = 0.0                        # Weight of -sum_j nHSIC(Z_j, Y): label information in the features.
+  config.bido.sigma = 5.0                     # Gaussian kernel width (the official default).
+  config.bido.label_kernel = 'linear'         # Kernel on one-hot labels: 'linear' (official default) or 'gaussian'.
+
   config.train = ml_collections.ConfigDict()
   config.train.epochs = 100
   config.train.batch_size = 128               # Global batch, split over all devices and hosts.

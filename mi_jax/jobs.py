@@ -95,6 +95,14 @@ def _validate_classifier_config(config: ml_collections.ConfigDict):
   check_field(config.optim.lr > 0, 'optim.lr', config.optim.lr, 'expected > 0')
   check_field(list(config.optim.lr_milestones) == sorted(config.optim.lr_milestones), 'optim.lr_milestones',
          config.optim.lr_milestones, 'expected increasing epochs')
+  check_field(config.bido.a1 >= 0 and config.bido.a2 >= 0, 'bido', (config.bido.a1, config.bido.a2),
+              'expected weights a1, a2 >= 0')
+  check_field(config.bido.sigma > 0, 'bido.sigma', config.bido.sigma, 'expected > 0')
+  check_field(config.bido.label_kernel in ('linear', 'gaussian'), 'bido.label_kernel', config.bido.label_kernel,
+              "expected 'linear' or 'gaussian'")
+  if config.bido.a1 or config.bido.a2:
+    check_field(config.model.name.startswith(('resnet', 'densenet')), 'model.name', config.model.name,
+                'BiDO regularises the hidden features that ResNets and DenseNets record')
   if config.job == 'tts':
     from mi_jax.defenses import tts  # pylint: disable=g-import-not-at-top
     check_field('tts' in config, 'tts', None, 'the tts job needs a config.tts section (see configs/tts.py)')

@@ -113,6 +113,7 @@ class DenseNet(nn.Module):
       x = nn.relu(norm(name='norm0')(x))
     else:
       raise ValueError(f"stem {self.stem!r}: expected 'imagenet' or 'small'")
+    layers.sow_hidden(self, x)
 
     for i, num_layers in enumerate(self.block_config):
       if skip_lib.parse_skip(self.skip[i])[0] == 'learn' and self.skip_mode != 'scale':
@@ -123,9 +124,11 @@ class DenseNet(nn.Module):
                      name=f'denseblock{i + 1}')(x, skip_scale)
       if i != len(self.block_config) - 1:
         x = Transition(x.shape[-1] // 2, norm, self.dtype, name=f'transition{i + 1}')(x)
+      layers.sow_hidden(self, x)
 
     x = nn.relu(norm(name='norm5')(x))
     x = jnp.mean(x, axis=(1, 2))
+    layers.sow_hidden(self, x)
     return nn.Dense(self.num_classes, dtype=self.dtype, bias_init=nn.initializers.zeros, name='classifier')(x)
 
 

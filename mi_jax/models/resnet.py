@@ -111,6 +111,7 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name='bn1')(x))
     else:
       raise ValueError(f"stem {self.stem!r}: expected 'imagenet' or 'small'")
+    layers.sow_hidden(self, x)
 
     for i, num_blocks in enumerate(self.stage_sizes):
       skip_scale = skip_lib.stage_skip_scale(self, i + 1, self.skip[i], self.dtype)
@@ -123,8 +124,10 @@ class ResNet(nn.Module):
                                dtype=self.dtype,
                                name=f'layer{i + 1}_{j}')
         x = block(x, skip_scale)
+        layers.sow_hidden(self, x)
 
     x = jnp.mean(x, axis=(1, 2))
+    layers.sow_hidden(self, x)
     return nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
 
 

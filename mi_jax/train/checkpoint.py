@@ -121,7 +121,7 @@ def abstract_like(tree):
 
 
 # Config fields whose change makes an existing checkpoint meaningless for the run.
-IDENTITY_FIELDS = ('model', 'data.name', 'data.image_size', 'optim', 'train.batch_size', 'train.epochs', 'seed')
+IDENTITY_FIELDS = ('model', 'data.name', 'data.image_size', 'optim', 'bido', 'train.batch_size', 'train.epochs', 'seed')
 
 
 def check_same_run(saved: dict, config: ml_collections.ConfigDict, where: str, fields=IDENTITY_FIELDS):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mi_jax.models import layers
 from mi_jax.train import sharding
 
 
@@ -13,20 +14,32 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def train_step(state, batch, learning_rate_fn):
-  """Forward/backward on one global batch, BN statistics over the whole batch."""
+def train_step(state, batch, learning_rate_fn, regularizer=None):
+  """Forward/backward on one global batch, BN statistics over the whole batch.
+
+  `regularizer(images, labels, hidden)` -> (loss, metrics), if given, adds a term
+  computed from the hidden features the model records (BiDO; layers.sow_hidden).
+  """
+  mutable = ['batch_stats'] + ([layers.HIDDEN_COLLECTION] if regularizer is not None else [])
 
   def loss_fn(params):
     logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
                                      batch['image'],
                                      train=True,
-                                     mutable=['batch_stats'],
+                                     mutable=mutable,
                                      rngs={'dropout': jax.random.fold_in(state.rng, state.step)})
-    return cross_entropy(logits, batch['label']).mean(), (logits, updates['batch_stats'])
+    loss = cross_entropy(logits, batch['label']).mean()
+    extra = {}
+    if regularizer is not None:
+      penalty, extra = regularizer(batch['image'], batch['label'], updates.get(layers.HIDDEN_COLLECTION, {}))
+      extra = {'cross_entropy': loss, **extra}
+      loss = loss + penalty
+    return loss, (logits, updates['batch_stats'], extra)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (logits, batch_stats, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   metrics = {
+      **extra,
       'loss': loss,
       'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
       'learning_rate': learning_rate_fn(state.step - 1),
@@ -49,10 +62,10 @@ def eval_step(state, batch):
   }
 
 
-def compile_steps(mesh, learning_rate_fn):
+def compile_steps(mesh, learning_rate_fn, regularizer=None):
   """jit both steps: state replicated (and donated), batches split over the 'data' axis."""
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
-  p_train_step = jax.jit(functools.partial(train_step, learning_rate_fn=learning_rate_fn),
+  p_train_step = jax.jit(functools.partial(train_step, learning_rate_fn=learning_rate_fn, regularizer=regularizer),
                          in_shardings=(repl, data),
                          out_shardings=(repl, repl),
                          donate_argnums=0)

@@ -16,6 +16,7 @@ import numpy as np
 
 from mi_jax import convert, models
 from mi_jax.data import pipeline, sources
+from mi_jax.defenses import bido
 from mi_jax.train import checkpoint, optim, reporting, sharding, state as state_lib, steps
 
 
@@ -67,7 +68,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   channels = builder.info.features['image'].shape[-1]
   state = state_lib.create_train_state(model, tx, (1, config.data.image_size, config.data.image_size, channels),
                                        config.seed)
-  train_step, eval_step = steps.compile_steps(mesh, learning_rate_fn)
+  regularizer = bido.make_regularizer(config.bido, num_classes) if bido.is_enabled(config.bido) else None
+  train_step, eval_step = steps.compile_steps(mesh, learning_rate_fn, regularizer)
 
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints)
   data_state = None

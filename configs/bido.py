@@ -1,0 +1,25 @@
+"""BiDO-HSIC: every skip kept, hidden features regularised by HSIC (mi_jax/defenses/bido.py).
+
+loss = CE + sum_j (a1 nHSIC(X, Z_j) - a2 nHSIC(Z_j, Y)) with BiDO's CelebA weights
+(a1, a2) = (0.05, 0.5) and sigma = 5; the RoLSS paper does not say which it used.
+
+  python launch.py --config=configs/bido.py --workdir=/ckpt/r34_bido \\
+      --config.model.name=resnet34 --config.data.manual_dir=/data/facescrub
+  python launch.py --config=configs/bido.py:demo --workdir=workdir/bido_demo
+
+Presets: those of configs/baseline.py, plus a1=..., a2=... .
+"""
+
+from configs import baseline, common
+
+
+def set_bido(config, a1: float, a2: float):
+  config.bido.a1 = a1
+  config.bido.a2 = a2
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, demo=False, tiny=False, epochs=8, a1=0.05, a2=0.5)
+  config = baseline.get_config(','.join(n for n in ('demo', 'tiny') if arg[n]) + f',epochs={arg.epochs}')
+  set_bido(config, arg.a1, arg.a2)
+  return config
