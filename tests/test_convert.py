@@ -45,8 +45,9 @@ def _randomised(net, seed):
           tensor.copy_(0.1 * torch.randn(tensor.shape, generator=gen))
         elif name.endswith('weight') and tensor.ndim == 1:
           tensor.copy_(0.6 + 0.4 * torch.rand(tensor.shape, generator=gen))
-    head = net.fc if hasattr(net, 'fc') else net.classifier
-    head.weight.mul_(20.0)
+    head = getattr(net, 'fc', None) or getattr(net, 'classifier', None)
+    if head is not None:
+      head.weight.mul_(20.0)
   return net.eval()
 
 

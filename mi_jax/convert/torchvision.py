@@ -52,6 +52,8 @@ def _flax_path(key: str, kind: str):
   *module, field = key.split('.')
   if field == 'num_batches_tracked':
     return None
+  if kind == 'generic':
+    return _generic_flax_path(module, field)
   if kind == 'resnet':
     # layer1.0.downsample.0 -> layer1_0/downsample_conv; layer1.0.conv1 -> layer1_0/conv1
     name = '.'.join(module)
@@ -70,16 +72,41 @@ def _flax_path(key: str, kind: str):
   return 'params', f'{name}/bias', None
 
 
+def _generic_flax_path(module, field):
+  """Modules named as in torch, a Sequential index joined to its parent (`repeat_1.0.branch1.1.conv` ->
+  `repeat_1_0/branch1_1/conv`); BatchNorms are the modules called `bn` or `last_bn`; the layout of a
+  weight follows from its rank (see to_flax)."""
+  parts = []
+  for part in module:
+    if part.isdigit() and parts:
+      parts[-1] = f'{parts[-1]}_{part}'
+    else:
+      parts.append(part)
+  name = '/'.join(parts)
+  if parts[-1] in ('bn', 'last_bn'):
+    collection, flax_field = _BN_FIELDS[field]
+    return collection, f'{name}/{flax_field}', None
+  if field == 'weight':
+    return 'params', f'{name}/kernel', 'by_rank'
+  return 'params', f'{name}/bias', None
+
+
 def to_flax(state_dict: dict, kind: str) -> dict:
-  """torchvision state dict -> {'params': ..., 'batch_stats': ...} with Flax layouts."""
-  if kind not in ('resnet', 'densenet'):
-    raise ValueError(f"kind {kind!r}: expected 'resnet' or 'densenet'")
+  """torch state dict -> {'params': ..., 'batch_stats': ...} with Flax layouts.
+
+  kind: 'resnet' or 'densenet' (torchvision's key names, legacy DenseNet keys included), or
+  'generic' for models whose Flax names mirror the torch modules (Inception-v3, FID Inception,
+  FaceNet)."""
+  if kind not in ('resnet', 'densenet', 'generic'):
+    raise ValueError(f"kind {kind!r}: expected 'resnet', 'densenet' or 'generic'")
   flat = {}
   for key, value in state_dict.items():
     mapped = _flax_path(key, kind)
     if mapped is None:
       continue
     collection, path, transform = mapped
+    if transform == 'by_rank':
+      transform = {4: 'conv', 2: 'dense'}.get(value.ndim)
     if transform == 'conv':
       if value.ndim != 4:
         raise ValueError(f'{key}: expected a conv weight [O, I, kh, kw], got shape {value.shape}')
@@ -90,11 +117,14 @@ def to_flax(state_dict: dict, kind: str) -> dict:
   return traverse_util.unflatten_dict(flat, sep='/')
 
 
-def merge_into(converted: dict, fresh: dict, reinit: Sequence[str] = ()):
-  """Fill a freshly initialised {'params', 'batch_stats'} tree; (tree, TransplantReport)."""
+def merge_into(converted: dict, fresh: dict, reinit: Sequence[str] = (), drop: Sequence[str] = ()):
+  """Fill a freshly initialised {'params', 'batch_stats'} tree; (tree, TransplantReport).
+
+  `reinit` leaves keep their fresh values (and the file's are dropped); `drop` leaves of the
+  file have no place in the model (Inception-v3's auxiliary head)."""
   fresh = {k: fresh[k] for k in ('params', 'batch_stats')}
   try:
-    return transplant_lib.transplant(converted, fresh, reinit=reinit, drop=reinit)
+    return transplant_lib.transplant(converted, fresh, reinit=reinit, drop=tuple(reinit) + tuple(drop))
   except transplant_lib.TransplantError as e:
     raise transplant_lib.TransplantError(
         f'{e}\nThe weight file does not fit config.model; for another class count name the head in '
@@ -106,4 +136,7 @@ def kind_of(model_name: str) -> str:
     return 'resnet'
   if model_name.startswith('densenet'):
     return 'densenet'
-  raise ValueError(f'config.model.name={model_name!r}: torchvision weights can be imported for ResNets and DenseNets')
+  if model_name == 'inception_v3':
+    return 'generic'
+  raise ValueError(f'config.model.name={model_name!r}: torchvision weights can be imported for ResNets, DenseNets '
+                   'and Inception-v3')

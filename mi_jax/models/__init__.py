@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mi_jax.models import convnext, densenet, mobilenet, repvgg, resnet
+from mi_jax.models import convnext, densenet, inception, mobilenet, repvgg, resnet
 from mi_jax.models import skip as skip_lib
 
 # float64 needs jax_enable_x64; it serves exact numerical comparisons (sharding, parity tests).
@@ -15,7 +15,7 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.floa
 
 def model_names() -> list[str]:
   return (sorted(resnet.RESNET_STAGES) + sorted(densenet.DENSENET_CONFIGS) + sorted(repvgg.REPVGG_CONFIGS) +
-          ['mobilenet_v2'] + sorted(convnext.CONVNEXT_CONFIGS))
+          ['mobilenet_v2'] + sorted(convnext.CONVNEXT_CONFIGS) + ['inception_v3'])
 
 
 def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
@@ -37,6 +37,8 @@ def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
     num_stages = len(repvgg.REPVGG_CONFIGS[name][0])
   elif name in convnext.CONVNEXT_CONFIGS:
     num_stages = len(convnext.CONVNEXT_CONFIGS[name][0])
+  elif name == 'inception_v3':
+    num_stages = 0  # the evaluation model: no skip control
   else:
     num_stages = len(mobilenet.INVERTED_RESIDUAL_SETTING)
   if len(skip) != num_stages:
@@ -77,6 +79,8 @@ def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
                          deploy=deploy,
                          width=model_config.width,
                          dtype=_DTYPES[model_config.dtype])
+  if name == 'inception_v3':
+    return inception.Inception3(num_classes=model_config.num_classes, dtype=_DTYPES[model_config.dtype])
   if name in densenet.DENSENET_CONFIGS:
     mode = model_config.skip_mode
     if mode not in ('truncate', 'scale'):

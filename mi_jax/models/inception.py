@@ -1,0 +1,180 @@
+"""Inception-v3 in Flax: torchvision's layout (the evaluation model) and pytorch-fid's FID variant.
+
+Parameter names mirror the torch state-dict keys (`Mixed_5b/branch1x1/conv`,
+`.../bn`), so torchvision and pytorch-fid files map one to one
+(mi_jax.convert.torchvision, kind 'generic').
+
+  Inception3(num_classes)          torchvision's inception_v3 without the auxiliary head,
+                                   inputs in [-1, 1] (transform_input=False; see below).
+  Inception3(..., fid=True)        pytorch-fid's FID network: average pools that do not count
+                                   padding in Mixed_5*/6b-e/7b and a max pool in Mixed_7c.
+  model.apply(v, x, features_only=True)  the 2048-d pooled features (FID's pool3, PPA's
+                                   evaluation-feature KNN distance).
+
+Deviations from PPA's evaluation model, on purpose: no auxiliary classifier (PPA trains it
+with one and drops it at attack time; weight files with `AuxLogits.*` import with them
+dropped), and one input convention, [-1, 1] with transform_input=False, in training and in
+evaluation (PPA trains with torchvision's transform_input=True and evaluates without it,
+reference/ppa.md 1.7).
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+BN_EPSILON = 1e-3  # torchvision BasicConv2d
+
+
+class BasicConv(nn.Module):
+  """Conv (no bias) -> BatchNorm(eps 1e-3) -> ReLU, torch padding."""
+  features: int                   # Output channels.
+  kernel: Sequence[int]           # (kh, kw).
+  strides: int = 1
+  padding: Sequence[int] = (0, 0)  # (ph, pw), torch style.
+  train: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    ph, pw = self.padding
+    x = nn.Conv(self.features, tuple(self.kernel), strides=(self.strides, self.strides),
+                padding=((ph, ph), (pw, pw)), use_bias=False, dtype=self.dtype, name='conv')(x)
+    x = nn.BatchNorm(use_running_average=not self.train, momentum=0.9, epsilon=BN_EPSILON, dtype=self.dtype,
+                     name='bn')(x)
+    return nn.relu(x)
+
+
+def _avg_pool_3x3(x, count_include_pad: bool):
+  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=count_include_pad)
+
+
+def max_pool_3x3(x, stride: int, pad: int = 0):
+  return nn.max_pool(x, (3, 3), strides=(stride, stride), padding=((pad, pad), (pad, pad)))
+
+
+class InceptionA(nn.Module):
+  pool_features: int
+  fid: bool = False
+  conv: Any = BasicConv
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.conv
+    b1 = c(64, (1, 1), name='branch1x1')(x)
+    b5 = c(64, (5, 5), padding=(2, 2), name='branch5x5_2')(c(48, (1, 1), name='branch5x5_1')(x))
+    b3 = c(64, (1, 1), name='branch3x3dbl_1')(x)
+    b3 = c(96, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(b3)
+    b3 = c(96, (3, 3), padding=(1, 1), name='branch3x3dbl_3')(b3)
+    bp = c(self.pool_features, (1, 1), name='branch_pool')(_avg_pool_3x3(x, count_include_pad=not self.fid))
+    return jnp.concatenate([b1, b5, b3, bp], axis=-1)
+
+
+class InceptionB(nn.Module):
+  conv: Any = BasicConv
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.conv
+    b3 = c(384, (3, 3), strides=2, name='branch3x3')(x)
+    bd = c(64, (1, 1), name='branch3x3dbl_1')(x)
+    bd = c(96, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
+    bd = c(96, (3, 3), strides=2, name='branch3x3dbl_3')(bd)
+    return jnp.concatenate([b3, bd, max_pool_3x3(x, 2)], axis=-1)
+
+
+class InceptionC(nn.Module):
+  channels_7x7: int
+  fid: bool = False
+  conv: Any = BasicConv
+
+  @nn.compact
+  def __call__(self, x):
+    c, c7 = self.conv, self.channels_7x7
+    b1 = c(192, (1, 1), name='branch1x1')(x)
+    b7 = c(c7, (1, 1), name='branch7x7_1')(x)
+    b7 = c(c7, (1, 7), padding=(0, 3), name='branch7x7_2')(b7)
+    b7 = c(192, (7, 1), padding=(3, 0), name='branch7x7_3')(b7)
+    bd = c(c7, (1, 1), name='branch7x7dbl_1')(x)
+    bd = c(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_2')(bd)
+    bd = c(c7, (1, 7), padding=(0, 3), name='branch7x7dbl_3')(bd)
+    bd = c(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_4')(bd)
+    bd = c(192, (1, 7), padding=(0, 3), name='branch7x7dbl_5')(bd)
+    bp = c(192, (1, 1), name='branch_pool')(_avg_pool_3x3(x, count_include_pad=not self.fid))
+    return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+
+
+class InceptionD(nn.Module):
+  conv: Any = BasicConv
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.conv
+    b3 = c(320, (3, 3), strides=2, name='branch3x3_2')(c(192, (1, 1), name='branch3x3_1')(x))
+    b7 = c(192, (1, 1), name='branch7x7x3_1')(x)
+    b7 = c(192, (1, 7), padding=(0, 3), name='branch7x7x3_2')(b7)
+    b7 = c(192, (7, 1), padding=(3, 0), name='branch7x7x3_3')(b7)
+    b7 = c(192, (3, 3), strides=2, name='branch7x7x3_4')(b7)
+    return jnp.concatenate([b3, b7, max_pool_3x3(x, 2)], axis=-1)
+
+
+class InceptionE(nn.Module):
+  pool: str = 'avg'          # 'avg' (torchvision), 'avg_exclude_pad' (FID Mixed_7b) or 'max' (FID Mixed_7c).
+  conv: Any = BasicConv
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.conv
+    b1 = c(320, (1, 1), name='branch1x1')(x)
+    b3 = c(384, (1, 1), name='branch3x3_1')(x)
+    b3 = jnp.concatenate([c(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
+                          c(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3)], axis=-1)
+    bd = c(448, (1, 1), name='branch3x3dbl_1')(x)
+    bd = c(384, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
+    bd = jnp.concatenate([c(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
+                          c(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd)], axis=-1)
+    if self.pool == 'max':
+      pooled = max_pool_3x3(x, 1, 1)
+    else:
+      pooled = _avg_pool_3x3(x, count_include_pad=self.pool == 'avg')
+    bp = c(192, (1, 1), name='branch_pool')(pooled)
+    return jnp.concatenate([b1, b3, bd, bp], axis=-1)
+
+
+class Inception3(nn.Module):
+  """Inception-v3; inputs NHWC in [-1, 1], at least 75x75 (299x299 in the paper)."""
+  num_classes: int                # 1008 for the FID network's (unused) head.
+  fid: bool = False               # pytorch-fid's FID variant of the pools.
+  dropout_rate: float = 0.5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, features_only: bool = False):
+    """[N, H, W, 3] -> logits, or with `features_only` the 2048-d average-pooled Mixed_7c output."""
+    if x.shape[1] < 75 or x.shape[2] < 75:
+      raise ValueError(f'Inception-v3 needs inputs of at least 75x75, got {x.shape[1]}x{x.shape[2]}')
+    conv = lambda *a, **k: BasicConv(*a, train=train, dtype=self.dtype, **k)
+    x = jnp.asarray(x, self.dtype)
+    x = conv(32, (3, 3), strides=2, name='Conv2d_1a_3x3')(x)
+    x = conv(32, (3, 3), name='Conv2d_2a_3x3')(x)
+    x = conv(64, (3, 3), padding=(1, 1), name='Conv2d_2b_3x3')(x)
+    x = max_pool_3x3(x, 2)
+    x = conv(80, (1, 1), name='Conv2d_3b_1x1')(x)
+    x = conv(192, (3, 3), name='Conv2d_4a_3x3')(x)
+    x = max_pool_3x3(x, 2)
+    x = InceptionA(32, self.fid, conv, name='Mixed_5b')(x)
+    x = InceptionA(64, self.fid, conv, name='Mixed_5c')(x)
+    x = InceptionA(64, self.fid, conv, name='Mixed_5d')(x)
+    x = InceptionB(conv, name='Mixed_6a')(x)
+    x = InceptionC(128, self.fid, conv, name='Mixed_6b')(x)
+    x = InceptionC(160, self.fid, conv, name='Mixed_6c')(x)
+    x = InceptionC(160, self.fid, conv, name='Mixed_6d')(x)
+    x = InceptionC(192, self.fid, conv, name='Mixed_6e')(x)
+    x = InceptionD(conv, name='Mixed_7a')(x)
+    x = InceptionE('avg_exclude_pad' if self.fid else 'avg', conv, name='Mixed_7b')(x)
+    x = InceptionE('max' if self.fid else 'avg', conv, name='Mixed_7c')(x)
+    x = jnp.mean(x, axis=(1, 2))
+    if features_only:
+      return x
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)

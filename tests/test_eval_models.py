@@ -1,0 +1,99 @@
+"""Evaluation networks against their reference definitions, random weights: torchvision's
+Inception-v3, pytorch-fid's FID Inception and facenet-pytorch's InceptionResnetV1.
+
+torchvision comes with the torch extra; pytorch-fid and facenet-pytorch are installed with
+--no-deps (their pins would replace torch): `pip install --no-deps facenet-pytorch==2.6.0
+pytorch-fid==0.3.0`. Each test is skipped, with the reason, when its reference is absent.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch', reason="torch is not installed (pip install -e '.[test,torch]')")
+
+from mi_jax import convert, models  # pylint: disable=g-import-not-at-top
+from mi_jax.convert import eval_models  # pylint: disable=g-import-not-at-top
+from mi_jax.convert import torchvision as tv_convert  # pylint: disable=g-import-not-at-top
+from mi_jax.models import facenet, inception  # pylint: disable=g-import-not-at-top
+
+from test_convert import _model_config, _randomised, _torchvision_models  # pylint: disable=g-import-not-at-top
+
+
+def _compare(module, variables, torch_net, size, seed, **apply_kwargs):
+  x = np.random.default_rng(seed).uniform(-1, 1, size=(2, 3, size, size)).astype(np.float32)
+  with torch.no_grad():
+    want = torch_net(torch.from_numpy(x))
+  want = (want[0] if isinstance(want, list) else want).reshape(2, -1).numpy()  # pytorch-fid: a list of blocks
+  got = np.asarray(jax.jit(lambda v, a: module.apply(v, a, **apply_kwargs))(variables, x.transpose(0, 2, 3, 1)))
+  assert got.shape == want.shape
+  # The two inputs are told apart: the comparison means something.
+  assert np.abs(want[0] - want[1]).max() > 0.02 * np.abs(want).max()
+  return float(np.abs(got - want).max()), float(np.abs(want).max())
+
+
+def test_inception_v3_parity_with_torchvision_and_init_file(tmp_path):
+  tvm = _torchvision_models(seed=4)
+  net = _randomised(tvm.inception_v3(weights=None, aux_logits=True, init_weights=True, num_classes=7), seed=4)
+  # A PPA-style file: the auxiliary head is in it; the Flax model has none and drops it.
+  path = tmp_path / 'inception_v3.pth'
+  torch.save({'model_state_dict': net.state_dict()}, path)
+  config = _model_config('inception_v3', 7, skip=())
+  model = models.build_model(config)
+  fresh = jax.device_get(models.init_variables(model, (1, 75, 75, 3), jax.random.PRNGKey(0)))
+  config.init_file = str(path)
+  variables = convert.init_from_file(config, fresh)
+  error, scale = _compare(model, variables, net, 75, seed=0)
+  assert error <= 1e-4 * max(scale, 1.0), (error, scale)
+
+
+def test_fid_inception_parity_with_pytorch_fid(tmp_path, monkeypatch):
+  fid_inception = pytest.importorskip('pytorch_fid.inception', reason='pytorch-fid is not installed')
+  tvm = _torchvision_models(seed=5)
+  # The FID network has torchvision's parameters (1008 classes, no aux head); only its pools differ.
+  weights = _randomised(tvm.inception_v3(weights=None, aux_logits=False, init_weights=True, num_classes=1008),
+                        seed=5).state_dict()
+  monkeypatch.setattr(fid_inception, 'load_state_dict_from_url', lambda *a, **k: weights)  # no download
+  net = fid_inception.InceptionV3([3], resize_input=False, normalize_input=False).eval()
+  path = tmp_path / 'pt_inception.pth'
+  torch.save(weights, path)
+  module, variables = eval_models.import_fid_inception(str(path))
+  assert module.fid
+  error, scale = _compare(module, variables, net, 75, seed=1, features_only=True)
+  assert error <= 1e-4 * max(scale, 1.0), (error, scale)
+  # The pools matter: torchvision's Inception-v3 on the same weights gives other features.
+  plain = inception.Inception3(num_classes=1008)
+  other, _ = _compare(plain, variables, net, 75, seed=1, features_only=True)
+  assert other > 100 * error
+
+
+def test_facenet_parity_with_facenet_pytorch(tmp_path):
+  _torchvision_models(seed=6)  # facenet-pytorch imports torchvision (through the CPU shim)
+  irv1 = pytest.importorskip('facenet_pytorch.models.inception_resnet_v1', reason='facenet-pytorch is not installed')
+  net = _randomised(irv1.InceptionResnetV1(pretrained=None, classify=False, num_classes=11), seed=6)
+  # A random net's embedding barely depends on its input; standardising the pre-BN features with
+  # their batch statistics makes the input-dependent part dominate, so the comparison means something.
+  captured = []
+  hook = net.last_linear.register_forward_hook(lambda module, inputs, output: captured.append(output))
+  with torch.no_grad():
+    net(torch.from_numpy(np.random.default_rng(9).uniform(-1, 1, (8, 3, 80, 80)).astype(np.float32)))
+    net.last_bn.running_mean.copy_(captured[0].mean(0))
+    net.last_bn.running_var.copy_(captured[0].var(0) + 1e-6)
+  hook.remove()
+  path = tmp_path / 'facenet.pt'
+  state = dict(net.state_dict())
+  state['logits.weight'], state['logits.bias'] = torch.zeros(11, 512), torch.zeros(11)  # as in the VGGFace2 file
+  torch.save(state, path)
+  module, variables = eval_models.import_facenet(str(path))
+  assert isinstance(module, facenet.InceptionResnetV1)
+  error, _ = _compare(module, variables, net, 80, seed=2)
+  assert error <= 2e-5, error  # unit-norm embeddings, entries ~0.04
+
+
+def test_missing_or_wrong_weight_files_are_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match='FaceNet weight file'):
+    eval_models.import_facenet(str(tmp_path / 'absent.pt'))
+  torch.save({'conv2d_1a.conv.weight': torch.zeros(32, 3, 5, 5)}, tmp_path / 'wrong.pt')
+  with pytest.raises(Exception, match=r'conv2d_1a/conv/kernel: source \(5, 5, 3, 32\) vs target \(3, 3, 3, 32\)'):
+    eval_models.import_facenet(str(tmp_path / 'wrong.pt'))
+  assert tv_convert.kind_of('inception_v3') == 'generic'
