@@ -23,9 +23,10 @@ figures/ into the workdir; relaunching skips finished work and resumes the rest.
 
 import ml_collections
 
-from configs import attack_ppa, common, eval_model
+from configs import attack_ppa, common, eval_model, evaluate
 
 PAPER_ARCHITECTURES = ('resnet34', 'resnet50', 'resnet101', 'resnet152', 'densenet121')
+DEMO_IMAGE_SIZE = 16
 DEFENSES = ('none', 'rolss', 'ssf', 'tts', 'bido', 'rolss_bido')
 
 
@@ -57,11 +58,7 @@ def get_config(arg=None):
   config.attack.settings.batch_size = 8
   config.attack.settings.lr_milestones = (30, 40)
 
-  config.metrics = ml_collections.ConfigDict()
-  config.metrics.facenet_file = ''             # facenet-pytorch VGGFace2 weights; '' = no FaceNet distance.
-  config.metrics.fid_inception_file = ''       # pytorch-fid weights; '' = FID on evaluation-model features.
-  config.metrics.fid_quirk = False             # True: PPA's [-3, 1] FID inputs (comparable with PPA's numbers).
-  config.metrics.batch_size = 64
+  config.metrics = evaluate.metrics_section()  # cache_dir '' = <workdir>/cache
 
   config.analysis = ml_collections.ConfigDict()
   config.analysis.repvgg = 'repvgg_a0'         # RepVGG equivalence figure ('' = skip).
@@ -70,15 +67,19 @@ def get_config(arg=None):
   if arg.demo:
     config.study.architectures = ('resnet18', 'densenet121')
     config.study.init_files = ml_collections.ConfigDict({a: '' for a in config.study.architectures})
+    # 16px digits keep 12 targets and 12 attacks within the 2-core budget (DenseNet-121 trains ~4x slower
+    # at 32px); the 32px demo generator's images are resized to 16 for the targets, as PPA resizes.
     common.demo_data(config.classifier)
     common.demo_schedule(config.classifier, arg.epochs)
+    config.classifier.data.image_size = DEMO_IMAGE_SIZE
     config.classifier.model.width = 8
     config.classifier.model.stem = 'small'
     config.evaluation_model = eval_model.get_config(f'demo,epochs={max(arg.epochs, 4)}')
+    config.evaluation_model.data.image_size = DEMO_IMAGE_SIZE
     config.attack.generator_dir = 'docs/gan_demo/generator'
-    config.attack.settings.update(search_space_size=500, num_candidates=12, truncation_cutoff=4, batch_size=60,
-                                  steps=30, lr_milestones=(), center_crop=0, final_samples=6, final_iterations=10,
-                                  eval_sizes=(32,))
+    config.attack.settings.update(search_space_size=300, num_candidates=8, truncation_cutoff=4, batch_size=40,
+                                  steps=25, lr_milestones=(), center_crop=0, final_samples=6, final_iterations=10,
+                                  eval_sizes=(DEMO_IMAGE_SIZE,))
     config.metrics.batch_size = 128
     config.analysis.repvgg_width = 8
   return config

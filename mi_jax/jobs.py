@@ -14,6 +14,7 @@ JOBS = {
     'gan': 'mi_jax.train.gan:train_gan',
     'import_stylegan': 'mi_jax.convert.stylegan:import_stylegan',
     'attack_ppa': 'mi_jax.attacks.ppa:attack_ppa',
+    'evaluate': 'mi_jax.metrics.evaluate:evaluate_job',
     'reproduce': 'mi_jax.reproduce:reproduce',
 }
 
@@ -77,6 +78,9 @@ def validate_config(config: ml_collections.ConfigDict):
   if config.job == 'attack_ppa':
     from mi_jax.attacks import ppa  # pylint: disable=g-import-not-at-top
     return ppa.validate_config(config)
+  if config.job == 'evaluate':
+    from mi_jax.metrics import evaluate  # pylint: disable=g-import-not-at-top
+    return evaluate.validate_config(config)
   if config.job == 'reproduce':
     from mi_jax import reproduce  # pylint: disable=g-import-not-at-top
     return reproduce.validate_config(config)

@@ -53,6 +53,7 @@ def validate_config(config: ml_collections.ConfigDict):
     for defense in config.study.defenses:
       jobs.validate_config(row_config(config, arch, defense))
   jobs.validate_config(evaluation_config(config))
+  evaluate.validate_metrics(config.metrics)
   jobs.check_field(bool(config.attack.generator_dir), 'attack.generator_dir', config.attack.generator_dir,
                    'name a generator directory (configs/import_stylegan.py or the gan job)')
 
@@ -141,7 +142,8 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     step(f'{arch} / {DEFENSES[defense][1]}: evaluate', os.path.join(attack_dir, 'evaluation.json'),
          lambda: evaluate.evaluate_attack(attack_dir, eval_dir, config.metrics.facenet_file,
                                           config.metrics.fid_inception_file, config.metrics.fid_quirk,
-                                          config.metrics.batch_size, os.path.join(workdir, 'cache')))
+                                          config.metrics.batch_size,
+                                          config.metrics.cache_dir or os.path.join(workdir, 'cache')))
     trained = _load(os.path.join(target_dir, 'results.json'))
     rows.append({'architecture': arch, 'defense': DEFENSES[defense][1], 'key': defense,
                  'acc': trained['test_accuracy'], **_load(os.path.join(attack_dir, 'evaluation.json'))})
@@ -205,7 +207,7 @@ def write_figures(workdir: str, rows: list[dict], config: ml_collections.ConfigD
     norms = {DEFENSES[d][1]: gradient_flow.stage_gradient_norms(os.path.join(workdir, arch, d, 'attack'))
              for d in config.study.defenses}
     gradient_flow.plot_gradient_flow(os.path.join(figures, f'gradient_flow_{arch}.png'), arch, norms)
-  groups = [f'{r["architecture"]}\n{r["defense"]}' for r in rows]
+  groups = [f'{r["architecture"]} {r["defense"]}' for r in rows]
   plots.grouped_bars(os.path.join(figures, 'false_positives.png'), groups,
                      {'target accepts': [r['target_accepts'] for r in rows],
                       'evaluation model rejects (of those)': [r['false_positive_rate'] for r in rows]},

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import paper
-from mi_jax import jobs, reproduce
+from mi_jax import jobs
 from mi_jax.analysis import gradient_flow, repvgg_equivalence
 from mi_jax.attacks import ppa
 from mi_jax.metrics import evaluate
@@ -133,6 +133,20 @@ def test_study_config_errors_name_the_field(tmp_path, tfds_dir):
   config.classifier.model.width = -1
   with pytest.raises(ValueError, match='config.model.width=-1'):
     jobs.validate_config(config)
+
+
+def test_evaluate_job_checks_its_inputs_first(tmp_path):
+  from configs import evaluate as evaluate_config  # pylint: disable=g-import-not-at-top
+  config = evaluate_config.get_config()
+  with pytest.raises(ValueError, match='config.evaluation.workdir'):
+    jobs.validate_config(config)
+  config.evaluation.workdir = str(tmp_path)
+  config.metrics.facenet_file = str(tmp_path / 'vggface2.pt')
+  with pytest.raises(FileNotFoundError, match='config.metrics.facenet_file=.*no such file'):
+    jobs.validate_config(config)
+  config.metrics.facenet_file = ''
+  with pytest.raises(evaluate.EvaluationError, match='no attack.json'):
+    jobs.run(config, str(tmp_path / 'attack'))
 
 
 def test_gradient_flow_reads_every_stage(tiny_study):

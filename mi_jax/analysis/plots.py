@@ -17,7 +17,10 @@ def grouped_bars(path: str, groups: list[str], series: dict[str, list[float]], t
   x = np.arange(len(groups))
   for i, (name, values) in enumerate(series.items()):
     ax.bar(x + (i - (len(series) - 1) / 2) * width, np.asarray(values, float), width, label=name)
-  ax.set_xticks(x, groups)
+  if len(groups) > 6:  # long lists: slanted labels that do not overlap
+    ax.set_xticks(x, groups, rotation=35, ha='right', fontsize=8)
+  else:
+    ax.set_xticks(x, groups)
   ax.set_title(title)
   ax.set_ylabel(ylabel)
   if log_scale:

@@ -48,8 +48,9 @@ def repvgg_equivalence(name: str = 'repvgg_a0', width: int = 8, image_size: int 
   with jax.enable_x64(True):
     train_model = make()
     x = jax.random.normal(jax.random.PRNGKey(seed + 1), (batch, image_size, image_size, 3), jnp.float64)
-    variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
-                             _randomised(train_model.init(jax.random.PRNGKey(seed), x), seed + 2))
+    # One compilation for init and randomisation (eagerly, every small op of a deep net compiles alone).
+    variables = jax.jit(lambda: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), _randomised(
+        train_model.init(jax.random.PRNGKey(seed), x), seed + 2)))()
     forms = {'training form (skips)': (train_model, variables),
              'deployed form (folded)': (make(deploy=True), repvgg.reparameterize(jax.device_get(variables))),
              'identity branches removed': (make(skip=(0.0,) * 4), variables)}

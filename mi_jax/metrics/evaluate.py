@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mi_jax import models
 from mi_jax.attacks import ppa, transforms
 from mi_jax.convert import eval_models
 from mi_jax.data import pipeline, sources
@@ -134,6 +133,31 @@ def _cached(cache_dir: str, key: dict, compute):
   np.savez(tmp, **arrays)
   os.replace(tmp, path)
   return arrays
+
+
+def validate_metrics(metrics: ml_collections.ConfigDict):
+  """Weight files named in config.metrics must exist (checked before any work)."""
+  from mi_jax import jobs  # pylint: disable=g-import-not-at-top
+  for field in ('facenet_file', 'fid_inception_file'):
+    path = metrics[field]
+    jobs.check_field(not path or os.path.isfile(os.path.expanduser(path)), f'metrics.{field}', path,
+                     'no such file', FileNotFoundError)
+  jobs.check_field(isinstance(metrics.batch_size, int) and metrics.batch_size > 0, 'metrics.batch_size',
+                   metrics.batch_size, 'expected a positive integer')
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  from mi_jax import jobs  # pylint: disable=g-import-not-at-top
+  jobs.check_field(bool(config.evaluation.workdir), 'evaluation.workdir', config.evaluation.workdir,
+                   "name the evaluation model's train workdir (configs/eval_model.py)")
+  validate_metrics(config.metrics)
+
+
+def evaluate_job(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The `evaluate` job: the workdir is a finished attack's."""
+  m = config.metrics
+  return evaluate_attack(workdir, config.evaluation.workdir, m.facenet_file, m.fid_inception_file, m.fid_quirk,
+                         m.batch_size, m.cache_dir)
 
 
 def evaluate_attack(attack_workdir: str,
