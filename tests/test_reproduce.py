@@ -98,14 +98,8 @@ def test_evaluation_of_private_images_has_known_answers(tiny_study, tmp_path):
   config, workdir, _ = tiny_study
   eval_dir = os.path.join(workdir, 'evaluation_model')
   target_config = json.load(open(os.path.join(workdir, 'resnet18', 'none', 'attack', 'attack.json')))['target_config']
-  images, labels = evaluate.private_images(target_config['data'], [1, 3], 16, 64)
   attack_dir = tmp_path / 'attack'
-  (attack_dir / 'final').mkdir(parents=True)
-  for c in (1, 3):
-    rows = np.flatnonzero(labels == c)[:4]
-    uint8 = np.clip(np.round((images[rows] + 1) * 127.5), 0, 255).astype(np.uint8)
-    np.savez(attack_dir / 'final' / f'class_{c:05d}.npz', scores=np.array([0.9, 0.9, 0.2, 0.2]), images_16=uint8)
-  json.dump({'target_config': target_config}, open(attack_dir / 'attack.json', 'w'))
+  _private_attack_dir(attack_dir, target_config)
   results = evaluate.evaluate_attack(str(attack_dir), eval_dir)
   assert results['knn_dist_eval'] < 1e-3  # each image's nearest same-class private image is itself (uint8 rounding)
   model, variables, _ = ppa.load_target(eval_dir)
@@ -115,6 +109,38 @@ def test_evaluation_of_private_images_has_known_answers(tiny_study, tmp_path):
   assert results['target_accepts'] == 0.5
   saved = np.load(attack_dir / 'evaluation.npz')
   np.testing.assert_array_equal(saved['targets'], targets)
+
+
+def test_fid_inputs_standard_and_ppa_quirk():
+  images = np.array([-1.0, 0.0, 1.0])
+  np.testing.assert_array_equal(evaluate.fid_inputs(images, quirk=False), images)
+  np.testing.assert_array_equal(evaluate.fid_inputs(images, quirk=True), [-3.0, -1.0, 1.0])
+
+
+def _private_attack_dir(attack_dir, target_config, classes=(1, 3), per_class=4):
+  """An 'attack' whose final images are private training images of their classes."""
+  images, labels = evaluate.private_images(target_config['data'], list(classes), 16, 64)
+  (attack_dir / 'final').mkdir(parents=True)
+  for c in classes:
+    rows = np.flatnonzero(labels == c)[:per_class]
+    uint8 = np.clip(np.round((images[rows] + 1) * 127.5), 0, 255).astype(np.uint8)
+    np.savez(attack_dir / 'final' / f'class_{c:05d}.npz', scores=np.array([0.9, 0.9, 0.2, 0.2]), images_16=uint8)
+  json.dump({'target_config': target_config}, open(attack_dir / 'attack.json', 'w'))
+
+
+def test_facenet_distance_of_private_images_is_zero(tiny_study, tmp_path):
+  torch = pytest.importorskip('torch', reason='torch is not installed')
+  from mi_jax.convert import torch_compat  # pylint: disable=g-import-not-at-top
+  torch_compat.import_torchvision()
+  irv1 = pytest.importorskip('facenet_pytorch.models.inception_resnet_v1', reason='facenet-pytorch is not installed')
+  torch.manual_seed(0)
+  torch.save(irv1.InceptionResnetV1(pretrained=None, classify=False).state_dict(), tmp_path / 'facenet.pt')
+  _, workdir, _ = tiny_study
+  target_config = json.load(open(os.path.join(workdir, 'resnet18', 'none', 'attack', 'attack.json')))['target_config']
+  _private_attack_dir(tmp_path / 'attack', target_config, per_class=4)
+  results = evaluate.evaluate_attack(str(tmp_path / 'attack'), os.path.join(workdir, 'evaluation_model'),
+                                     facenet_file=str(tmp_path / 'facenet.pt'))
+  assert 0 <= results['knn_dist_facenet'] < 1e-3 and results['knn_dist_eval'] < 1e-3
 
 
 def test_evaluation_refuses_unfinished_attacks(tmp_path):

@@ -85,6 +85,14 @@ def batched(fn, images, batch_size: int) -> np.ndarray:
   return np.concatenate(out)
 
 
+def fid_inputs(images, quirk: bool):
+  """What the FID network sees of images in [-1, 1]: the same (standard), or PPA's 2x - 1 (in [-3, 1]).
+
+  pytorch-fid maps its [0, 1] inputs to [-1, 1] itself; PPA hands it [-1, 1] images, which it maps again.
+  """
+  return 2.0 * images - 1.0 if quirk else images
+
+
 def classifier_functions(model, variables):
   """(logits, penultimate features) functions of a trained classifier, jitted."""
   logits = jax.jit(lambda x: model.apply(variables, x, train=False))
@@ -212,8 +220,7 @@ def evaluate_attack(attack_workdir: str,
 
   if fid_inception_file:
     module, variables = eval_models.import_fid_inception(fid_inception_file)
-    scale = (lambda x: 2.0 * x - 1.0) if fid_quirk else (lambda x: x)
-    pool3 = jax.jit(lambda x: module.apply(variables, scale(x), train=False, features_only=True))
+    pool3 = jax.jit(lambda x: module.apply(variables, fid_inputs(x, fid_quirk), train=False, features_only=True))
     size = eval_models.FID_SIZE
     private_fid = _cached(cache_dir, {**key, 'what': 'fid_features', 'model': fid_inception_file, 'quirk': fid_quirk},
                           lambda: {'features': batched(pool3, _rgb(private_images(data_config, classes, size,
