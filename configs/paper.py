@@ -43,7 +43,8 @@ def get_config(arg=None):
   config.study.init_files = ml_collections.ConfigDict({a: '' for a in PAPER_ARCHITECTURES})  # ImageNet .pth per arch
   config.study.tts_stage1_fraction = 0.05      # TTS: M = 5 of 100 epochs with skips
 
-  # Shared by every target: data, model size, optimiser, schedule, BiDO weights (used by the BiDO rows).
+  # Shared by every target: data, model size (num_classes, width, stem, dtype), optimiser, schedule and the
+  # BiDO weights of the BiDO rows. Its job, seed, model.name, skip and init_file are set per cell.
   config.classifier = common.base_config()
   config.classifier.bido.a1, config.classifier.bido.a2 = 0.05, 0.5
 

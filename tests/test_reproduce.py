@@ -175,6 +175,18 @@ def test_evaluate_job_checks_its_inputs_first(tmp_path):
     jobs.run(config, str(tmp_path / 'attack'))
 
 
+def test_eval_model_config_is_inception_v3_at_299():
+  from configs import eval_model  # pylint: disable=g-import-not-at-top
+  config = eval_model.get_config()
+  jobs.validate_config(config)
+  assert config.model.name == 'inception_v3' and config.data.image_size == 299
+  assert tuple(config.optim.lr_milestones) == (80,) and tuple(config.model.init_reinit) == ('fc',)
+  config.model.skip = (1, 1, 1, 1)
+  with pytest.raises(ValueError, match='config.model.skip=.*inception_v3 has 0 stages'):
+    jobs.validate_config(config)
+  jobs.validate_config(eval_model.get_config('demo'))
+
+
 def test_gradient_flow_reads_every_stage(tiny_study):
   _, workdir, _ = tiny_study
   norms = gradient_flow.stage_gradient_norms(os.path.join(workdir, 'resnet18', 'none', 'attack'))
