@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import paper
-from mi_jax import jobs
+from mi_jax import jobs, reproduce
 from mi_jax.analysis import gradient_flow, repvgg_equivalence
 from mi_jax.attacks import ppa
 from mi_jax.metrics import evaluate
@@ -26,7 +26,7 @@ def tiny_study_config(root, tfds_dir):
   config = paper.get_config('demo,epochs=2')
   config.num_devices = 1
   config.study.architectures = ('resnet18',)
-  config.study.defenses = ('none', 'tts', 'rolss_bido')
+  config.study.defenses = ('none', 'tts')
   for section in (config.classifier, config.evaluation_model):
     section.data.name = 'digits_demo/private'
     section.data.data_dir = tfds_dir
@@ -53,30 +53,38 @@ def tiny_study(tmp_path_factory, tfds_dir):
 
 def test_study_writes_the_table_and_the_figures(tiny_study):
   _, workdir, rows = tiny_study
-  assert [r['defense'] for r in rows] == ['No defense', 'TTS', 'RoLSS+BiDO']
+  assert [r['defense'] for r in rows] == ['No defense', 'TTS']
   with open(os.path.join(workdir, 'results.csv')) as f:
     table = list(csv.DictReader(f))
-  assert [r['defense'] for r in table] == ['No defense', 'TTS', 'RoLSS+BiDO']
+  assert [r['defense'] for r in table] == ['No defense', 'TTS']
   for r in rows:
     assert 0 <= r['acc'] <= 1 and 0 <= r['attack_acc_top1'] <= r['attack_acc_top5'] <= 1
     assert r['knn_dist_eval'] >= 0 and math.isfinite(r['fid']) and r['fid_features'] == 'evaluation_model'
     assert r['images'] == 5 * 2
   assert math.isnan(rows[0]['delta'])
   # Δ is the attack-accuracy drop over the accuracy drop against the No-defense row.
-  base, bido_row = rows[0], rows[2]
-  if base['acc'] != bido_row['acc']:
-    want = (base['attack_acc_top1'] - bido_row['attack_acc_top1']) / (base['acc'] - bido_row['acc'])
-    assert bido_row['delta'] == pytest.approx(want)
+  base, tts_row = rows
+  if base['acc'] != tts_row['acc']:
+    want = (base['attack_acc_top1'] - tts_row['attack_acc_top1']) / (base['acc'] - tts_row['acc'])
+    assert tts_row['delta'] == pytest.approx(want)
   markdown = open(os.path.join(workdir, 'results.md')).read()
-  assert '| resnet18 | RoLSS+BiDO |' in markdown and 'Δ' in markdown
+  assert '| resnet18 | TTS |' in markdown and 'Δ' in markdown
   for name in ('gradient_flow_resnet18.png', 'false_positives.png', 'accuracy_vs_attack.png'):
     assert os.path.getsize(os.path.join(workdir, 'figures', name)) > 1000
   # TTS: the target is stage 2, trained with the last stage's skips removed after stage 1.
   stage2 = json.load(open(os.path.join(workdir, 'resnet18', 'tts', 'train', 'stage2', 'results.json')))
   assert rows[1]['acc'] == stage2['test_accuracy']
-  # BiDO rows train with the study's HSIC weights.
-  attack = json.load(open(os.path.join(workdir, 'resnet18', 'rolss_bido', 'attack', 'attack.json')))
-  assert attack['target_config']['bido']['a1'] == 0.05 and attack['target_config']['model']['skip'][-1] == 0.0
+
+
+def test_study_cells_take_the_defense_and_the_shared_settings(tmp_path, tfds_dir):
+  config = tiny_study_config(tmp_path, tfds_dir)
+  row = reproduce.row_config(config, 'densenet121', 'rolss_bido')
+  assert (row.bido.a1, row.bido.a2) == (0.05, 0.5) and tuple(row.model.skip) == (1.0, 1.0, 1.0, 0.0)
+  assert row.model.name == 'densenet121' and row.model.width == 4 and row.data.image_size == 16
+  assert reproduce.row_config(config, 'resnet18', 'none').bido.a1 == 0.0
+  assert reproduce.row_config(config, 'densenet121', 'ssf').model.skip[-1] == 0.01  # SSF's k follows the model
+  tts = reproduce.row_config(config, 'densenet121', 'tts')
+  assert tts.job == 'tts' and tts.model.skip_mode == 'scale' and tts.tts.stage1_epochs == 1
 
 
 def test_rerun_skips_finished_work_and_redoes_what_is_missing(tiny_study):
@@ -137,7 +145,7 @@ def test_facenet_distance_of_private_images_is_zero(tiny_study, tmp_path):
   torch.save(irv1.InceptionResnetV1(pretrained=None, classify=False).state_dict(), tmp_path / 'facenet.pt')
   _, workdir, _ = tiny_study
   target_config = json.load(open(os.path.join(workdir, 'resnet18', 'none', 'attack', 'attack.json')))['target_config']
-  _private_attack_dir(tmp_path / 'attack', target_config, per_class=4)
+  _private_attack_dir(tmp_path / 'attack', target_config, classes=(2,))  # FaceNet at 160px is slow on CPU
   results = evaluate.evaluate_attack(str(tmp_path / 'attack'), os.path.join(workdir, 'evaluation_model'),
                                      facenet_file=str(tmp_path / 'facenet.pt'))
   assert 0 <= results['knn_dist_facenet'] < 1e-3 and results['knn_dist_eval'] < 1e-3
