@@ -12,7 +12,7 @@ torchvision's ImageNet files for the ResNets and Inception-v3, and the FaceNet a
       --config.metrics.fid_inception_file=~/weights/pt_inception-2015-12-05-6726825d.pth
 
 Demo, the same matrix for a narrow ResNet-18 and DenseNet-121 on the bundled MNIST digits
-(private 0-4) with the committed demo generator (public 5-9), on CPU (measured: 21 minutes
+(private 0-4) with the committed demo generator (public 5-9), on CPU (measured: 21-24 minutes
 on 2 cores):
 
   python launch.py --config=configs/paper.py:demo --workdir=workdir/paper_demo
