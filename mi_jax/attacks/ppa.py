@@ -101,12 +101,6 @@ def settings_from(config: ml_collections.ConfigDict, input_size: int) -> optimiz
                                    clip=a.clip, remat=a.remat)
 
 
-def _save_npz(path: str, **arrays):
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)  # a killed job never leaves half a file
-
-
 def _to_uint8(images) -> np.ndarray:
   return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
@@ -166,7 +160,7 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cand_classes = np.concatenate([np.full(a.num_candidates, c, np.int32) for c in classes])
     cand_w = np.concatenate([pool_w[chosen[c]] for c in classes])
     if jax.process_index() == 0:
-      _save_npz(candidates_path, w=cand_w, classes=cand_classes, pool_confidence=confidences)
+      reporting.save_npz(candidates_path, w=cand_w, classes=cand_classes, pool_confidence=confidences)
     logging.info('Initial selection: %d latents for %d classes from a pool of %d', len(cand_w), len(classes), len(z))
 
   # -------------------------------------------------------------- 2. optimisation
@@ -193,13 +187,13 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
         bad_step = int(np.argmin(log['finite']))
         failed = path.replace('.npz', '.failed.npz')
         if jax.process_index() == 0:
-          _save_npz(failed, w=w, w0=cand_w[rows], classes=cand_classes[rows], **flat_log)
+          reporting.save_npz(failed, w=w, w0=cand_w[rows], classes=cand_classes[rows], **flat_log)
         raise FloatingPointError(
             f'non-finite loss or gradient in batch {b} (classes {sorted(set(cand_classes[rows].tolist()))}) at '
             f'step {bad_step}; latents from before that step and the loss log are in {failed}. Finished batches '
             f'are kept; lower config.attack.lr or check the target and generator, then relaunch to resume.')
       if jax.process_index() == 0:
-        _save_npz(path, w=w, classes=cand_classes[rows], **flat_log)
+        reporting.save_npz(path, w=w, classes=cand_classes[rows], **flat_log)
     else:  # finished by an earlier launch
       with np.load(path) as f:
         w, flat_log = f['w'], {k: f[k] for k in f.files if k not in ('w', 'classes')}
@@ -237,7 +231,7 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
              for s in sorted(set(a.eval_sizes) - {input_size})}
     sized[f'images_{input_size}'] = _to_uint8(framed)
     if jax.process_index() == 0:
-      _save_npz(os.path.join(final_dir, f'class_{c:05d}.npz'), w=final_w[idx[keep]], scores=scores[keep], **sized)
+      reporting.save_npz(os.path.join(final_dir, f'class_{c:05d}.npz'), w=final_w[idx[keep]], scores=scores[keep], **sized)
       reporting.save_png(os.path.join(grid_dir, f'class_{c:05d}.png'), reporting.image_grid(framed))
     summary[c] = float(np.mean(scores[keep]))
     if len(overview) < OVERVIEW_CLASSES:

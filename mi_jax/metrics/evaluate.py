@@ -137,9 +137,7 @@ def _cached(cache_dir: str, key: dict, compute):
       return {k: f[k] for k in f.files}
   arrays = compute()
   os.makedirs(cache_dir, exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  reporting.save_npz(path, **arrays)
   return arrays
 
 
@@ -239,9 +237,8 @@ def evaluate_attack(attack_workdir: str,
   results['target_accepts'] = float(np.mean(accepted))
   results['false_positive_rate'] = float(np.mean(rejected[accepted])) if accepted.any() else float('nan')
 
-  tmp = os.path.join(attack_workdir, 'evaluation.tmp.npz')
-  np.savez(tmp, targets=targets, target_confidence=confidences, eval_logits=logits)
-  os.replace(tmp, os.path.join(attack_workdir, 'evaluation.npz'))
+  reporting.save_npz(os.path.join(attack_workdir, 'evaluation.npz'), targets=targets, target_confidence=confidences,
+                     eval_logits=logits)
   reporting.write_json(os.path.join(attack_workdir, 'evaluation.json'), results)
   logging.info('Evaluation of %s: %s', attack_workdir, results)
   return results

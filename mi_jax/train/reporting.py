@@ -29,6 +29,13 @@ def write_json(path: str, obj, indent: int | None = 2):
     os.replace(tmp, path)
 
 
+def save_npz(path: str, **arrays):
+  """np.savez to `path` atomically: a killed job never leaves half a file."""
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
 def write_results(workdir: str, results: dict):
   """`<workdir>/results.json`: the summary a finished job leaves."""
   write_json(os.path.join(workdir, 'results.json'), results)
