@@ -42,7 +42,7 @@ def main(argv):
   logging.info('Config:\n%s', config)
   try:
     jobs.validate_config(config)
-  except ValueError as e:
+  except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
   jobs.run(config, _WORKDIR.value)
 

@@ -58,14 +58,16 @@ def make_run(setup, num_devices, batch, steps):
   mesh = sharding.make_mesh(num_devices)
   batch_sharded, replicated = sharding.data_sharded(mesh), sharding.replicated(mesh)
   fn = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, settings),
-               in_shardings=(batch_sharded, batch_sharded, replicated), out_shardings=(batch_sharded, replicated))
+               in_shardings=(batch_sharded, batch_sharded, batch_sharded, replicated),
+               out_shardings=(batch_sharded, replicated))
   w0 = jax.device_put(np.random.default_rng(0).standard_normal((batch, gen_config.w_dim)).astype(np.float32),
                       batch_sharded)
   targets = jax.device_put(np.arange(batch, dtype=np.int32) % 10, batch_sharded)
+  valid = jax.device_put(np.ones(batch, bool), batch_sharded)
 
   def run(n):
     for _ in range(n):
-      out = fn(w0, targets, jax.random.key(0))
+      out = fn(w0, targets, valid, jax.random.key(0))
     jax.block_until_ready(out)
   return run
 

@@ -29,17 +29,18 @@ def get_config(arg=None):
   config.job = 'attack_ppa'
   config.seed = 42                 # z pool (np.random.RandomState), crops, final selection.
   config.num_devices = 0           # 0 = all devices; latents are split over them.
+  config.matmul_precision = common.MATMUL_PRECISION  # float32 convs/matmuls as on the paper's V100s.
 
   config.target = ml_collections.ConfigDict()
   config.target.workdir = ''       # Workdir of the train job (its checkpoints and config).
-  config.target.step = 0           # 0 = the latest checkpoint (PPA attacks the last epoch).
+  config.target.checkpoint = 'latest'  # 'latest' (upstream PPA: the last epoch), 'best' (the RoLSS code) or a step.
 
   config.generator = ml_collections.ConfigDict()
   config.generator.dir = ''        # A generator directory (generator.json + variables/).
 
   config.evaluation = ml_collections.ConfigDict()
   config.evaluation.workdir = ''   # Optional: a second classifier's train workdir; reports its attack accuracy.
-  config.evaluation.step = 0
+  config.evaluation.checkpoint = 'latest'
 
   config.attack = ml_collections.ConfigDict()
   config.attack.classes = ()       # Classes to attack; () = all of the target's.
@@ -57,18 +58,18 @@ def get_config(arg=None):
   config.attack.center_crop = 800  # Of the generator image, before resizing to the target; 0 = none.
   config.attack.rrc_scale = (0.9, 1.0)   # Per-step RandomResizedCrop during optimisation.
   config.attack.rrc_ratio = (1.0, 1.0)
+  config.attack.antialias = True   # Every resize antialiased (upstream PPA); the RoLSS code's were not (paper.py).
   config.attack.clip = False       # Clip images to [-1, 1] during optimisation (PPA: off).
   config.attack.remat = False      # Recompute the generator in the backward pass (less memory).
   config.attack.final_samples = 50     # Kept per class.
   config.attack.final_iterations = 100
   config.attack.final_rrc_scale = (0.5, 0.9)
   config.attack.final_rrc_ratio = (0.8, 1.2)
-  config.attack.eval_sizes = (299, 160)  # Final images are also stored at these sizes (Inception, FaceNet).
 
   if arg.demo:
     config.target.workdir = 'workdir/baseline_demo'
     config.generator.dir = 'docs/gan_demo/generator'
     config.evaluation.workdir = 'workdir/eval_demo'
     config.attack.update(search_space_size=500, num_candidates=16, truncation_cutoff=4, batch_size=16, steps=50,
-                         center_crop=0, final_samples=8, final_iterations=20, eval_sizes=(32,))
+                         center_crop=0, final_samples=8, final_iterations=20)
   return config

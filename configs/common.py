@@ -32,12 +32,17 @@ def parse_arg(arg, **spec):
   return config
 
 
+# The paper ran in true float32 (V100s); A100/H100 default to TF32 for float32 convs and matmuls in JAX.
+MATMUL_PRECISION = 'highest'
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field a job may read, set to the PPA/paper recipe (FaceScrub, 224px, ResNet)."""
   config = ml_collections.ConfigDict()
   config.job = 'train'        # Which job launch.py runs: see mi_jax/jobs.py.
   config.seed = 42            # Model init, data order and augmentation.
   config.num_devices = 0      # Devices to shard the batch over; 0 = all (required on multi-host).
+  config.matmul_precision = MATMUL_PRECISION  # jax_default_matmul_precision for the job (set by mi_jax/jobs.py).
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'resnet18'              # resnet18/34/50/101/152, densenet121/161/169/201.
@@ -50,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.dtype = 'float32'              # Compute dtype: float32 or bfloat16.
   config.model.init_file = ''                 # torchvision/PPA .pth to start from (e.g. ImageNet weights).
   config.model.init_reinit = ('fc', 'classifier')  # Leaves of init_file not to load: the head (other class count).
+  config.model.transform_input = False        # Inception-v3: torchvision's re-normalisation to ImageNet statistics.
+  config.model.aux_logits = False             # Inception-v3: the auxiliary head (trained, unused in evaluation).
+  config.model.legacy_stage3_split = 1.0      # ResNet: the RoLSS release's split=0.8 leftover (models/resnet.py); 1 = off.
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'facescrub'              # facescrub, celeba1000, image_folder/<name>, mnist_demo/private, ...
@@ -87,7 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.bido.label_kernel = 'linear'         # Kernel on one-hot labels: 'linear' (official default) or 'gaussian'.
 
   config.train = ml_collections.ConfigDict()
-  config.train.epochs = 100
+  config.train.epochs = 100                   # 0: no training, init_file is used as it is (an imported model).
+  config.train.aux_loss_weight = 1.0          # Auxiliary-head loss weight (Inception-v3 with aux_logits): PPA's 1.0.
   config.train.batch_size = 128               # Global batch, split over all devices and hosts.
   config.train.eval_every_epochs = 1          # Test-set evaluation and a checkpoint every this many epochs.
   config.train.log_every_steps = 50           # Progress line + train metrics.

@@ -26,6 +26,7 @@ def get_config(arg=None):
   config.job = 'gan'
   config.seed = 42
   config.num_devices = 0                      # 0 = all devices; the batch is split over them.
+  config.matmul_precision = common.MATMUL_PRECISION
 
   config.data = common.base_config().data
   common.demo_data(config, split='public')    # MNIST-5k digits 5-9, 32x32 grey, [-1, 1]

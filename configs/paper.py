@@ -1,19 +1,25 @@
 """The paper's study (ECCV 2024, Table 1): architectures x defenses, PPA, every metric.
 
 On a cluster, with FaceScrub, the FFHQ StyleGAN2-ADA generator (configs/import_stylegan.py),
-torchvision's ImageNet files for the ResNets and Inception-v3, and the FaceNet and FID weights:
+torchvision's ImageNet files for the ResNets, PPA's released evaluation model and the FaceNet and
+FID weights:
 
   python launch.py --config=configs/paper.py --workdir=/ckpt/paper \\
       --config.classifier.data.manual_dir=/data/facescrub \\
       --config.attack.generator_dir=/ckpt/generators/ffhq \\
-      --config.study.init_files.resnet34=~/weights/resnet34-b627a593.pth  (... one per ResNet) \\
-      --config.evaluation_model.model.init_file=~/weights/inception_v3_google-0cc3c7bd.pth \\
+      --config.study.per_architecture.resnet34.init_file=~/weights/resnet34-b627a593.pth  (... each ResNet) \\
+      --config.evaluation_model.model.init_file=~/weights/inception_v3_facescrub.pt \\
       --config.metrics.facenet_file=~/weights/20180402-114759-vggface2.pt \\
       --config.metrics.fid_inception_file=~/weights/pt_inception-2015-12-05-6726825d.pth
 
+Every default is the protocol the paper ran (the RoLSS code, Pillowkoh/RoLSS, a fork of PPA); each
+place where that differs from upstream PPA or from a clean implementation is a named field here,
+listed in the README's protocol table. A field the protocol needs and the user left empty (an
+ImageNet file, the evaluation model's file) stops the study before any work, naming the field;
+`study.from_scratch=True` trains without them instead.
+
 Demo, the same matrix for a narrow ResNet-18 and DenseNet-121 on the bundled MNIST digits
-(private 0-4) with the committed demo generator (public 5-9), on CPU (measured: 21-24 minutes
-on 2 cores):
+(private 0-4) with the committed demo generator (public 5-9), on CPU (about 25 minutes on 2 cores):
 
   python launch.py --config=configs/paper.py:demo --workdir=workdir/paper_demo
 
@@ -24,10 +30,36 @@ figures/ into the workdir; relaunching skips finished work and resumes the rest.
 import ml_collections
 
 from configs import attack_ppa, common, eval_model, evaluate
+from mi_jax import models
 
 PAPER_ARCHITECTURES = ('resnet34', 'resnet50', 'resnet101', 'resnet152', 'densenet121')
 DEMO_IMAGE_SIZE = 16
 DEFENSES = ('none', 'rolss', 'ssf', 'tts', 'bido', 'rolss_bido')
+
+# The RoLSS code's per-architecture training recipe (configs/training/targets/FaceScrub/<arch>/full.yaml):
+# ImageNet initialisation and batch 128 for ResNets, MobileNetV2 and ConvNeXt; DenseNets from scratch with
+# batch 64 (the ImageNet weights do not fit truncated dense blocks). RepVGG is not in that code.
+FAMILY_RECIPES = {
+    'resnet': dict(init='imagenet', batch_size=128),
+    'densenet': dict(init='scratch', batch_size=64),
+    'mobilenet': dict(init='imagenet', batch_size=128),
+    'convnext': dict(init='imagenet', batch_size=128),
+    'repvgg': dict(init='scratch', batch_size=128),
+}
+
+
+def per_architecture_table() -> ml_collections.ConfigDict:
+  """study.per_architecture: for every target model, how it starts and its batch size (a small table).
+
+  init: 'imagenet' (needs init_file unless study.from_scratch) or 'scratch';
+  init_file: the torchvision ImageNet .pth; batch_size: the global training batch.
+  """
+  table = ml_collections.ConfigDict()
+  for name in models.model_names():
+    family = next((f for f in FAMILY_RECIPES if name.startswith(f)), None)
+    if family is not None:  # the evaluation model (inception_v3) is set up in config.evaluation_model
+      table[name] = ml_collections.ConfigDict(dict(init_file='', **FAMILY_RECIPES[family]))
+  return table
 
 
 def get_config(arg=None):
@@ -36,15 +68,21 @@ def get_config(arg=None):
   config.job = 'reproduce'
   config.seed = 42
   config.num_devices = 0
+  config.matmul_precision = common.MATMUL_PRECISION  # every job of the study runs with it
 
   config.study = ml_collections.ConfigDict()
   config.study.architectures = PAPER_ARCHITECTURES
   config.study.defenses = DEFENSES
-  config.study.init_files = ml_collections.ConfigDict({a: '' for a in PAPER_ARCHITECTURES})  # ImageNet .pth per arch
+  config.study.per_architecture = per_architecture_table()
+  config.study.from_scratch = False            # True: ImageNet-initialised models start from random weights
   config.study.tts_stage1_fraction = 0.05      # TTS: M = 5 of 100 epochs with skips
+  config.study.checkpoint = 'best'             # Attacked and reported: 'best' on test (RoLSS code) or 'latest' (PPA)
+  # 'import': the evaluation model is the file evaluation_model.model.init_file used as it is (PPA's released
+  # inception_v3_facescrub.pt, as the RoLSS code attacks with); 'train': trained here by PPA's recipe.
+  config.study.evaluation_model = 'import'
 
   # Shared by every target: data, model size (num_classes, width, stem, dtype), optimiser, schedule and the
-  # BiDO weights of the BiDO rows. Its job, seed, model.name, skip and init_file are set per cell.
+  # BiDO weights of the BiDO rows. Its job, seed, model.name, skip, init_file and batch size are set per cell.
   config.classifier = common.base_config()
   config.classifier.bido.a1, config.classifier.bido.a2 = 0.05, 0.5
 
@@ -53,13 +91,16 @@ def get_config(arg=None):
   ppa = attack_ppa.get_config()
   config.attack = ml_collections.ConfigDict()
   config.attack.generator_dir = ''             # A generator directory (import_stylegan or the gan job).
-  config.attack.settings = ppa.attack          # The RoLSS repo's per-architecture PPA settings:
-  config.attack.settings.num_candidates = 16
+  config.attack.settings = ppa.attack          # The RoLSS repo's per-architecture PPA settings
+  config.attack.settings.num_candidates = 16   # (configs/attacking/FaceScrub/<arch>/full.yaml):
   config.attack.settings.final_samples = 8
   config.attack.settings.batch_size = 8
   config.attack.settings.lr_milestones = (30, 40)
+  config.attack.settings.antialias = False     # Its torchvision resized tensors without antialiasing.
 
   config.metrics = evaluate.metrics_section()  # cache_dir '' = <workdir>/cache
+  config.metrics.fid_quirk = True              # PPA's FID inputs ([-3, 1]), so FIDs compare with the paper's
+  config.metrics.antialias = False             # As the attack's resizes.
 
   config.analysis = ml_collections.ConfigDict()
   config.analysis.repvgg = 'repvgg_a0'         # RepVGG equivalence figure ('' = skip).
@@ -67,7 +108,8 @@ def get_config(arg=None):
 
   if arg.demo:
     config.study.architectures = ('resnet18', 'densenet121')
-    config.study.init_files = ml_collections.ConfigDict({a: '' for a in config.study.architectures})
+    config.study.from_scratch = True           # no ImageNet files for 16px digits
+    config.study.evaluation_model = 'train'
     # 16px digits keep 12 targets and 12 attacks within the 2-core budget (DenseNet-121 trains ~4x slower
     # at 32px); the 32px demo generator's images are resized to 16 for the targets, as PPA resizes.
     common.demo_data(config.classifier)
@@ -75,12 +117,13 @@ def get_config(arg=None):
     config.classifier.data.image_size = DEMO_IMAGE_SIZE
     config.classifier.model.width = 8
     config.classifier.model.stem = 'small'
+    for name in config.study.architectures:  # one batch size: DenseNet at 32 would not fit the time budget
+      config.study.per_architecture[name].batch_size = config.classifier.train.batch_size
     config.evaluation_model = eval_model.get_config(f'demo,epochs={max(arg.epochs, 4)}')
     config.evaluation_model.data.image_size = DEMO_IMAGE_SIZE
     config.attack.generator_dir = 'docs/gan_demo/generator'
     config.attack.settings.update(search_space_size=300, num_candidates=8, truncation_cutoff=4, batch_size=40,
-                                  steps=25, lr_milestones=(), center_crop=0, final_samples=6, final_iterations=10,
-                                  eval_sizes=(DEMO_IMAGE_SIZE,))
+                                  steps=25, lr_milestones=(), center_crop=0, final_samples=6, final_iterations=10)
     config.metrics.batch_size = 128
     config.analysis.repvgg_width = 8
   return config

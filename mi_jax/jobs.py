@@ -69,9 +69,22 @@ def check_positive_ints(config: ml_collections.ConfigDict, fields, error: type[E
     check_field(isinstance(value, int) and value > 0, field, value, 'expected a positive integer', error)
 
 
+# jax_default_matmul_precision values: 'highest' is true float32 (the paper's V100s); 'default' lets
+# A100/H100 run float32 convs and matmuls in TF32 (bench/matmul_precision.py measures the difference).
+MATMUL_PRECISIONS = ('default', 'high', 'highest', 'bfloat16', 'tensorfloat32', 'float32')
+
+
+def set_matmul_precision(config: ml_collections.ConfigDict):
+  """Applies config.matmul_precision to every computation of the job that follows."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_default_matmul_precision', config.matmul_precision)
+
+
 def validate_config(config: ml_collections.ConfigDict):
   """Fails early, naming the field, on values that would only break deep inside a job."""
   check_field(config.job in JOBS, 'job', config.job, f'expected one of {sorted(JOBS)}')
+  check_field(config.get('matmul_precision') in MATMUL_PRECISIONS, 'matmul_precision', config.get('matmul_precision'),
+              f'expected one of {MATMUL_PRECISIONS}')
   if config.job == 'gan':
     from mi_jax.train import gan  # pylint: disable=g-import-not-at-top
     return gan.validate_config(config)
@@ -95,8 +108,17 @@ def _validate_classifier_config(config: ml_collections.ConfigDict):
   from mi_jax.data import sources  # pylint: disable=g-import-not-at-top
   models.build_model(config.model)  # validates name, dtype and skip
   sources.resolve(config.data)  # validates the data set name without touching data_dir
-  check_positive_ints(config, ('train.epochs', 'train.batch_size', 'train.eval_every_epochs', 'train.log_every_steps',
+  check_positive_ints(config, ('train.batch_size', 'train.eval_every_epochs', 'train.log_every_steps',
                                'train.keep_checkpoints', 'data.image_size', 'model.num_classes'))
+  epochs, init_file = config.train.epochs, config.model.init_file
+  check_field(isinstance(epochs, int) and epochs >= 0, 'train.epochs', epochs,
+              'expected an integer >= 0 (0 = use config.model.init_file as it is)')
+  check_field(epochs > 0 or bool(init_file), 'train.epochs', epochs,
+              '0 means "use config.model.init_file as it is", but config.model.init_file is empty')
+  check_field(not init_file or os.path.isfile(os.path.expanduser(init_file)), 'model.init_file', init_file,
+              'no such file', FileNotFoundError)
+  check_field(config.train.aux_loss_weight >= 0, 'train.aux_loss_weight', config.train.aux_loss_weight,
+              'expected >= 0')
   check_field(config.model.width >= 0, 'model.width', config.model.width, 'expected >= 0 (0 = the architecture default)')
   check_field(config.num_devices >= 0, 'num_devices', config.num_devices, 'expected >= 0 (0 = all devices)')
   check_field(config.data.worker_count >= 0, 'data.worker_count', config.data.worker_count, 'expected >= 0')
@@ -124,6 +146,7 @@ def _validate_classifier_config(config: ml_collections.ConfigDict):
 
 def run(config: ml_collections.ConfigDict, workdir: str):
   validate_config(config)
+  set_matmul_precision(config)
   module_name, function_name = JOBS[config.job].split(':')
   job = getattr(importlib.import_module(module_name), function_name)
   os.makedirs(workdir, exist_ok=True)

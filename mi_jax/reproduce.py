@@ -1,12 +1,15 @@
 """The `reproduce` job: the paper's study, architectures x defenses, from training to the results table.
 
 For every architecture and defense of `config.study` it
-  1. trains the target (or both TTS stages) in `<arch>/<defense>/train/`,
-  2. attacks it with PPA in `<arch>/<defense>/attack/`,
+  1. trains the target (or both TTS stages) in `<arch>/<defense>/train/`, with the architecture's
+     row of `study.per_architecture` (initialisation file, batch size),
+  2. attacks its `study.checkpoint` ('best' on test, as the RoLSS code keeps, or 'latest') with PPA
+     in `<arch>/<defense>/attack/`,
   3. evaluates the attack (mi_jax/metrics/evaluate.py) into that attack workdir,
-after training the evaluation model once in `evaluation_model/`; then it writes
-`results.md`, `results.csv` and `results.json` (Acc, AttAcc top-1/5, KNN distances, FID,
-Δ against the arch's no-defense row, false-positive rate) and the figures in `figures/`.
+after setting up the evaluation model once in `evaluation_model/` (imported from its file as it is,
+or trained); then it writes `results.md`, `results.csv` and `results.json` (Acc of the attacked
+checkpoint, AttAcc top-1/5 filtered and unfiltered, KNN distances, FID, PRDC, Δ against the arch's
+no-defense row, false-positive rate) and the figures in `figures/`.
 
 Work whose outputs exist is skipped (a finished train job's results.json, an attack's
 attack.json, an evaluation.json), and each job resumes from its own checkpoints, so a
@@ -23,6 +26,8 @@ import time
 from absl import logging
 import ml_collections
 
+from configs import attack_ppa as attack_ppa_config
+from configs import eval_model as eval_model_config
 from mi_jax import jobs
 from mi_jax.analysis import gradient_flow, plots, repvgg_equivalence
 from mi_jax.metrics import evaluate, scores
@@ -37,20 +42,60 @@ DEFENSES = {
     'bido': ('bido', 'BiDO'),
     'rolss_bido': ('rolss_bido', 'RoLSS+BiDO'),
 }
-COLUMNS = ('architecture', 'defense', 'acc', 'attack_acc_top1', 'attack_acc_top5', 'knn_dist_eval',
-           'knn_dist_facenet', 'fid', 'delta', 'false_positive_rate')
-HEADERS = ('Arch', 'Defense', 'Acc ↑', 'AttAcc@1 ↓', 'AttAcc@5 ↓', 'KNN eval ↑', 'KNN FaceNet ↑', 'FID ↑', 'Δ ↑',
-           'False pos.')
+# (column key, header) of results.md's main table; results.csv has these and PRDC_COLUMNS.
+COLUMNS = (('architecture', 'Arch'), ('defense', 'Defense'), ('epoch', 'Epoch'), ('acc', 'Acc ↑'),
+           ('attack_acc_top1', 'AttAcc@1 ↓'), ('attack_acc_top5', 'AttAcc@5 ↓'),
+           ('attack_acc_unfiltered_top1', 'AttAcc@1 unfilt. ↓'), ('knn_dist_eval', 'KNN eval ↑'),
+           ('knn_dist_facenet', 'KNN FaceNet ↑'), ('fid', 'FID ↑'), ('delta', 'Δ ↑'),
+           ('false_positive_rate', 'False pos.'))
+PRDC_COLUMNS = (('architecture', 'Arch'), ('defense', 'Defense'), ('fid', 'FID ↑'), ('prdc_precision', 'Precision ↓'),
+                ('prdc_recall', 'Recall ↓'), ('prdc_density', 'Density ↓'), ('prdc_coverage', 'Coverage ↓'))
+PERCENT = ('acc', 'attack_acc_top1', 'attack_acc_top5', 'attack_acc_unfiltered_top1', 'false_positive_rate')
+# What evaluation.json's fid_features means, for the table's legend.
+FID_CONVENTIONS = {
+    'inception_ppa_inputs': "pytorch-fid's Inception with PPA's inputs ([-3, 1]: comparable with PPA's and the paper's FIDs)",
+    'inception': "pytorch-fid's Inception, standard inputs (not comparable with PPA's FIDs)",
+    'evaluation_model': "the evaluation model's features (no pytorch-fid weights given: not a standard FID)",
+}
+
+
+EVALUATION_MODEL_SOURCES = ('import', 'train')
 
 
 def validate_config(config: ml_collections.ConfigDict):
-  for defense in config.study.defenses:
-    jobs.check_field(defense in DEFENSES, 'study.defenses', tuple(config.study.defenses),
+  """Fails before any work, naming the field: the matrix, every cell's config, the protocol's weight files."""
+  study = config.study
+  for defense in study.defenses:
+    jobs.check_field(defense in DEFENSES, 'study.defenses', tuple(study.defenses),
                      f'{defense!r} is not a defense; known: {sorted(DEFENSES)}')
-  jobs.check_field(len(config.study.architectures) > 0, 'study.architectures', config.study.architectures,
+  jobs.check_field(len(study.architectures) > 0, 'study.architectures', study.architectures,
                    'expected at least one architecture')
-  for arch in config.study.architectures:
-    for defense in config.study.defenses:
+  which = str(study.checkpoint)
+  jobs.check_field(which in ('latest', 'best'), 'study.checkpoint', study.checkpoint, "expected 'latest' or 'best'")
+  jobs.check_field(study.evaluation_model in EVALUATION_MODEL_SOURCES, 'study.evaluation_model',
+                   study.evaluation_model, f'expected one of {EVALUATION_MODEL_SOURCES}')
+  for arch in study.architectures:
+    jobs.check_field(arch in study.per_architecture, f'study.per_architecture.{arch}', None,
+                     'every architecture of the study needs its row (init, init_file, batch_size)')
+    row = study.per_architecture[arch]
+    jobs.check_field(row.init in ('imagenet', 'scratch'), f'study.per_architecture.{arch}.init', row.init,
+                     "expected 'imagenet' or 'scratch'")
+    jobs.check_field(row.init != 'imagenet' or study.from_scratch or bool(row.init_file),
+                     f'study.per_architecture.{arch}.init_file', row.init_file,
+                     f'the protocol starts {arch} from ImageNet weights: name torchvision\'s file, or set '
+                     'config.study.from_scratch=True to train from random weights')
+  eval_file = config.evaluation_model.model.init_file
+  if study.evaluation_model == 'import':
+    jobs.check_field(bool(eval_file), 'evaluation_model.model.init_file', eval_file,
+                     "study.evaluation_model='import' uses this file as the evaluation model (PPA's released "
+                     "inception_v3_facescrub.pt): name it, or set study.evaluation_model='train'")
+  else:
+    jobs.check_field(study.from_scratch or bool(eval_file) or config.evaluation_model.model.name != 'inception_v3',
+                     'evaluation_model.model.init_file', eval_file,
+                     'PPA trains its Inception-v3 evaluation model from ImageNet weights: name torchvision\'s '
+                     'file, or set config.study.from_scratch=True')
+  for arch in study.architectures:
+    for defense in study.defenses:
       jobs.validate_config(row_config(config, arch, defense))
   jobs.validate_config(evaluation_config(config))
   evaluate.validate_metrics(config.metrics)
@@ -59,18 +104,21 @@ def validate_config(config: ml_collections.ConfigDict):
 
 
 def row_config(config: ml_collections.ConfigDict, arch: str, defense: str) -> ml_collections.ConfigDict:
-  """The train config of one cell: the defense's own config file, with the study's shared settings."""
+  """The train config of one cell: the defense's own config file, with the study's shared settings and
+  the architecture's row of study.per_architecture."""
   module = importlib.import_module(f'configs.{DEFENSES[defense][0]}')
   row = module.get_config(f'model={arch}' if defense == 'ssf' else None)  # SSF's k follows the model
   shared = config.classifier
-  row.seed, row.num_devices = config.seed, config.num_devices
+  row.seed, row.num_devices, row.matmul_precision = config.seed, config.num_devices, config.matmul_precision
   row.data = ml_collections.ConfigDict(shared.data.to_dict())
   row.optim = ml_collections.ConfigDict(shared.optim.to_dict())
   row.train = ml_collections.ConfigDict(shared.train.to_dict())
   row.model.name = arch
-  for field in ('num_classes', 'width', 'stem', 'dtype'):
+  for field in ('num_classes', 'width', 'stem', 'dtype', 'legacy_stage3_split'):
     row.model[field] = shared.model[field]
-  row.model.init_file = config.study.init_files.get(arch, '')
+  recipe = config.study.per_architecture[arch]
+  row.train.batch_size = recipe.batch_size
+  row.model.init_file = '' if config.study.from_scratch else recipe.init_file
   if row.bido.a1 or row.bido.a2:  # the study's BiDO weights
     row.bido = ml_collections.ConfigDict(shared.bido.to_dict())
   if defense == 'tts':
@@ -84,14 +132,19 @@ def evaluation_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
   row = ml_collections.ConfigDict(config.evaluation_model.to_dict())
   row.data = ml_collections.ConfigDict(config.classifier.data.to_dict())
   row.data.image_size = config.evaluation_model.data.image_size
-  row.num_devices = config.num_devices
+  row.num_devices, row.matmul_precision = config.num_devices, config.matmul_precision
+  if config.study.evaluation_model == 'import':
+    eval_model_config.use_as_is(row)
+  elif config.study.from_scratch:
+    row.model.init_file = ''
   return row
 
 
 def _attack_config(config, target_workdir: str) -> ml_collections.ConfigDict:
-  attack = importlib.import_module('configs.attack_ppa').get_config()
-  attack.seed, attack.num_devices = config.seed, config.num_devices
+  attack = attack_ppa_config.get_config()
+  attack.seed, attack.num_devices, attack.matmul_precision = config.seed, config.num_devices, config.matmul_precision
   attack.target.workdir = target_workdir
+  attack.target.checkpoint = config.study.checkpoint
   attack.generator.dir = config.attack.generator_dir
   attack.attack.update(config.attack.settings.to_dict())
   return attack
@@ -108,6 +161,11 @@ def _target_dir(train_dir: str, defense: str) -> str:
 def _load(path: str) -> dict:
   with open(path) as f:
     return json.load(f)
+
+
+def _steps_per_epoch(train_dir: str) -> int:
+  """Optimiser steps per epoch of the run in `train_dir` (its results.json)."""
+  return _load(os.path.join(train_dir, 'results.json'))['steps_per_epoch']
 
 
 def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -127,8 +185,10 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     run()
 
   eval_dir = os.path.join(workdir, 'evaluation_model')
-  step('evaluation model', os.path.join(eval_dir, 'results.json'),
+  step(f'evaluation model ({config.study.evaluation_model})', os.path.join(eval_dir, 'results.json'),
        lambda: jobs.run(evaluation_config(config), eval_dir))
+  metrics = ml_collections.ConfigDict(config.metrics.to_dict())
+  metrics.cache_dir = metrics.cache_dir or os.path.join(workdir, 'cache')
 
   rows = []
   for arch, defense in cells:
@@ -140,13 +200,12 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     step(f'{arch} / {DEFENSES[defense][1]}: attack', os.path.join(attack_dir, 'attack.json'),
          lambda: jobs.run(_attack_config(config, target_dir), attack_dir))
     step(f'{arch} / {DEFENSES[defense][1]}: evaluate', os.path.join(attack_dir, 'evaluation.json'),
-         lambda: evaluate.evaluate_attack(attack_dir, eval_dir, config.metrics.facenet_file,
-                                          config.metrics.fid_inception_file, config.metrics.fid_quirk,
-                                          config.metrics.batch_size,
-                                          config.metrics.cache_dir or os.path.join(workdir, 'cache')))
-    trained = _load(os.path.join(target_dir, 'results.json'))
+         lambda: evaluate.evaluate_attack(attack_dir, eval_dir, metrics, config.study.checkpoint))
+    attacked = _load(os.path.join(attack_dir, 'attack.json'))
     rows.append({'architecture': arch, 'defense': DEFENSES[defense][1], 'key': defense,
-                 'acc': trained['test_accuracy'], **_load(os.path.join(attack_dir, 'evaluation.json'))})
+                 'acc': attacked['target_metrics']['test_accuracy'], 'step': attacked['target_step'],
+                 'epoch': attacked['target_step'] / _steps_per_epoch(target_dir),
+                 **_load(os.path.join(attack_dir, 'evaluation.json'))})
 
   add_deltas(rows)
   write_table(workdir, rows, config)
@@ -169,33 +228,38 @@ def _cell(key: str, value) -> str:
     return value
   if value is None or (isinstance(value, float) and math.isnan(value)):
     return '–'
-  if key in ('acc', 'attack_acc_top1', 'attack_acc_top5', 'false_positive_rate'):
+  if key in PERCENT:
     return f'{100 * value:.2f}'
   if isinstance(value, float) and math.isinf(value):
     return '∞' if value > 0 else '−∞'
+  if key == 'epoch':
+    return f'{value:g}'
   return f'{value:.2f}' if key != 'knn_dist_eval' or abs(value) < 1e4 else f'{value:.3g}'
 
 
-def markdown_table(rows: list[dict]) -> str:
-  lines = ['| ' + ' | '.join(HEADERS) + ' |', '|' + '---|' * len(HEADERS)]
+def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
+  lines = ['| ' + ' | '.join(header for _, header in columns) + ' |', '|' + '---|' * len(columns)]
   for r in rows:
-    lines.append('| ' + ' | '.join(_cell(k, r.get(k)) for k in COLUMNS) + ' |')
+    lines.append('| ' + ' | '.join(_cell(k, r.get(k)) for k, _ in columns) + ' |')
   return '\n'.join(lines)
 
 
 def write_table(workdir: str, rows: list[dict], config: ml_collections.ConfigDict):
-  fid_features = sorted({r.get('fid_features', '') for r in rows})
-  note = (f'Accuracies in %. KNN distances: squared L2 to the nearest private training image of the class. '
-          f'FID features: {", ".join(fid_features)}. Δ = AttAcc@1 drop / Acc drop against No defense. '
+  fid = '; '.join(FID_CONVENTIONS.get(f, f) for f in sorted({r.get('fid_features', '') for r in rows}))
+  note = (f'Accuracies in %. Epoch: of the attacked checkpoint ({config.study.checkpoint}), whose test accuracy is '
+          'Acc. AttAcc: the evaluation model\'s accuracy on the final images (unfilt.: on every optimised image, '
+          'before final selection). KNN distances: squared L2 to the nearest private training image of the class. '
+          f'FID and PRDC (k = 3, per class, averaged) on {fid}. Δ = AttAcc@1 drop / Acc drop against No defense. '
           'False pos.: share of the final images the target accepts (confidence > 0.5) that the evaluation '
           'model rejects.')
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(f'{markdown_table(rows)}\n\n{note}\n')
+    f.write(f'{markdown_table(rows)}\n\n{markdown_table(rows, PRDC_COLUMNS)}\n\n{note}\n')
+  keys = [k for k, _ in COLUMNS] + [k for k, _ in PRDC_COLUMNS if k.startswith('prdc_')] + ['step', 'fid_features']
   with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(COLUMNS)
+    writer.writerow(keys)
     for r in rows:
-      writer.writerow([r.get(k, '') for k in COLUMNS])
+      writer.writerow([r.get(k, '') for k in keys])
   reporting.write_json(os.path.join(workdir, 'results.json'),
                        {'rows': rows, 'study': json.loads(config.to_json_best_effort())})
 

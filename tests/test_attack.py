@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mi_jax import jobs, models
-from mi_jax.attacks import losses, optimize, ppa
+from mi_jax.attacks import losses, optimize, ppa, transforms
 from mi_jax.train import checkpoint
 from third_party.stylegan_jax import networks, save_generator
 
@@ -32,6 +32,8 @@ def tiny_world(tmp_path_factory):
   config = baseline.get_config('tiny')
   model = models.build_model(config.model)
   variables = models.init_variables(model, (1, 16, 16, 1), jax.random.key(1))
+  # What a checkpoint holds; init's `perturbations` (batch 1) would broadcast over any batch.
+  variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
   target_dir = str(root / 'target')
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(target_dir), best_metric=None)
   ckpt.save(1, {'params': variables['params'], 'batch_stats': variables['batch_stats']}, {}, config, {})
@@ -47,7 +49,7 @@ def attack_config(root, **attack):
   config.generator.dir = str(root / 'generator')
   config.num_devices = 1
   config.attack.update(classes=(1, 3), search_space_size=24, num_candidates=6, truncation_cutoff=2, batch_size=4,
-                       steps=6, center_crop=0, final_samples=3, final_iterations=4, eval_sizes=(8,))
+                       steps=6, center_crop=0, final_samples=3, final_iterations=4)
   config.attack.update(**attack)
   return config
 
@@ -62,7 +64,7 @@ def test_optimisation_raises_the_target_class_confidence(tiny_world):
   w0 = jnp.asarray(np.random.default_rng(0).standard_normal((4, GEN.w_dim)), jnp.float32)
   probs = lambda w: jax.nn.softmax(model.apply(variables, synthesize(w), train=False))
   targets = jnp.argmin(probs(w0), axis=1)  # the class each start image is least like
-  w, log = run(w0, targets, jax.random.key(0))
+  w, log = run(w0, targets, jnp.ones(4, bool), jax.random.key(0))
   confidence = lambda w: np.asarray(jnp.take_along_axis(probs(w), targets[:, None], 1)[:, 0])
   before, after = confidence(w0), confidence(w)
   # An untrained target's Poincaré optimum need not be its softmax optimum for every sample, but on
@@ -77,9 +79,41 @@ def test_optimisation_raises_the_target_class_confidence(tiny_world):
   # Rematerialising the generator changes memory, not results.
   remat = optimize.OptimizeSettings(steps=3, lr=0.02, center_crop=0, input_size=16, remat=True)
   plain = optimize.OptimizeSettings(steps=3, lr=0.02, center_crop=0, input_size=16)
-  w_remat, _ = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, remat))(w0, targets, jax.random.key(1))
-  w_plain, _ = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, plain))(w0, targets, jax.random.key(1))
+  valid = jnp.ones(4, bool)
+  w_remat, _ = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, remat))(w0, targets, valid,
+                                                                                      jax.random.key(1))
+  w_plain, _ = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, plain))(w0, targets, valid,
+                                                                                      jax.random.key(1))
   np.testing.assert_allclose(w_remat, w_plain, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_statistics_and_padding(tiny_world):
+  """The logged mean/std of |dL/dw| are those of the batch-mean loss's gradient (the RoLSS code's statistic,
+  torch.std: unbiased), and padded rows change nothing for the real ones."""
+  _, model, variables, G, gen_vars = tiny_world
+  settings = optimize.OptimizeSettings(steps=3, lr=0.02, center_crop=0, input_size=16)
+  synthesize = lambda w: G.apply(gen_vars, w[:, None], method=G.synthesize)
+  classify = lambda x, p: model.apply({**variables, 'perturbations': p}, x, train=False)
+  zeros = ppa.perturbation_zeros(model, variables, 16, 1)
+  run = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, settings))
+  w0 = jnp.asarray(np.random.default_rng(1).standard_normal((4, GEN.w_dim)), jnp.float32)
+  targets, key = jnp.array([0, 1, 2, 3]), jax.random.key(5)
+  valid = jnp.array([True, True, True, False])  # row 3 pads the batch
+  w, log = run(w0, targets, valid, key)
+
+  def batch_mean_loss(w, step_key):  # PPA's step-0 loss on the three real rows, written out
+    x = transforms.random_resized_crop(step_key, synthesize(w), 16, settings.rrc_scale, settings.rrc_ratio,
+                                       settings.antialias)
+    return jnp.mean(losses.poincare_loss(model.apply(variables, x, train=False), targets[:3]))
+  grad = np.abs(np.asarray(jax.grad(batch_mean_loss)(w0[:3], jax.random.split(key, 3)[0])))
+  np.testing.assert_allclose(log['w_grad_abs_mean'][0], grad.mean(), rtol=1e-4)
+  np.testing.assert_allclose(log['w_grad_abs_std'][0], grad.std(ddof=1), rtol=1e-4)
+  np.testing.assert_allclose(log['loss'][0], batch_mean_loss(w0[:3], jax.random.split(key, 3)[0]), rtol=1e-5)
+  # The three real rows end where a batch of only them ends (same crops; Adam is per element).
+  w3, log3 = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, settings))(w0[:3], targets[:3],
+                                                                                       jnp.ones(3, bool), key)
+  np.testing.assert_allclose(w[:3], w3, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(log['w_grad_abs_std'], log3['w_grad_abs_std'], rtol=1e-5)
 
 
 def test_attack_job_outputs_resume_and_device_count(tiny_world, tmp_path):
@@ -95,12 +129,22 @@ def test_attack_job_outputs_resume_and_device_count(tiny_world, tmp_path):
                'final_grid.png', 'log.json', 'attack.json', 'run.json'):
     assert os.path.exists(os.path.join(workdir, name)), name
   with np.load(os.path.join(workdir, 'final', 'class_00003.npz')) as f:
-    assert f['w'].shape == (3, GEN.w_dim) and f['images_8'].shape == (3, 8, 8, 1)
-    assert f['images_16'].dtype == np.uint8 and np.all(np.diff(f['scores']) <= 0)  # best first
+    assert sorted(f.files) == ['scores', 'w']  # images are rendered from w when evaluated (float, as PPA)
+    assert f['w'].shape == (3, GEN.w_dim) and np.all(np.diff(f['scores']) <= 0)  # best first
     first_w = f['w'].copy()
   with open(os.path.join(workdir, 'log.json')) as f:
     log = json.load(f)['batches']
   assert len(log) == 2 and len(log[0]['loss']) == 6 and 'grad_norm/stage4_input' in log[0]
+  assert len(log[0]['w_grad_abs_mean']) == 6 and all(v > 0 for v in log[0]['w_grad_abs_std'])
+  assert results['target_step'] == 1 and results['target_checkpoint'] == 'latest'
+  assert 0 <= results['eval_unfiltered_top1'] <= results['eval_unfiltered_top5'] <= 1
+  # The evaluator is the target itself: the final selection keeps the images it is surest of, so they are
+  # classified as their target at least as often as the optimised images in general.
+  assert results['eval_top1'] >= results['eval_unfiltered_top1']
+  # Rendered again from the latents, the final images are what the attack scored.
+  render = ppa.make_renderer(workdir)
+  images = np.asarray(render(jnp.asarray(first_w), 16))
+  assert images.shape == (3, 16, 16, 1) and images.dtype == np.float32
 
   # Interrupted after batch 0: batch 1 (4 latents, padded to 8) and the final selection are redone on
   # one device with the same global batch, and agree with the 8-device run.

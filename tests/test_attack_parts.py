@@ -34,9 +34,10 @@ def test_center_crop_and_resize():
   crop = transforms.center_crop(images, 6)
   np.testing.assert_array_equal(crop, images[:, 2:8, 2:8])
   np.testing.assert_array_equal(transforms.center_crop(images[:, :, :9], 6), images[:, 2:8, 2:8])  # round(1.5)=2
-  assert transforms.resize(images, 10) is images
+  assert transforms.resize(images, 10, antialias=True) is images
   constant = jnp.full((1, 12, 12, 3), 0.3)
-  np.testing.assert_allclose(transforms.resize(constant, 5), 0.3, rtol=1e-6)
+  for antialias in (False, True):
+    np.testing.assert_allclose(transforms.resize(constant, 5, antialias), 0.3, rtol=1e-6)
   with pytest.raises(ValueError, match='larger than'):
     transforms.center_crop(images, 11)
 
@@ -44,12 +45,41 @@ def test_center_crop_and_resize():
 def test_resized_crop_of_an_integer_box_equals_slicing():
   images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 12, 12, 3)), jnp.float32)
   box = jnp.array([3.0, 2.0, 6.0, 6.0])  # top, left, h, w at the output size: no resampling
-  np.testing.assert_allclose(transforms.resized_crop(images, box, 6), images[:, 3:9, 2:8], atol=1e-6)
   full = jnp.array([0.0, 0.0, 12.0, 12.0])
-  np.testing.assert_allclose(transforms.resized_crop(images, full, 12), images, atol=1e-6)
-  # A 2x downscale of the box averages 2x2 blocks (antialiased bilinear).
-  halves = transforms.resized_crop(images, jnp.array([0.0, 0.0, 12.0, 12.0]), 6)
-  np.testing.assert_allclose(halves[:, 2, 3], images[:, 4:6, 6:8].mean(axis=(1, 2)), atol=0.35)
+  for antialias in (False, True):
+    np.testing.assert_allclose(transforms.resized_crop(images, box, 6, antialias), images[:, 3:9, 2:8], atol=1e-6)
+    np.testing.assert_allclose(transforms.resized_crop(images, full, 12, antialias), images, atol=1e-6)
+  # A 2x downscale: antialiased, the triangle filter spans 4 input pixels per axis (weights 1, 3, 3, 1);
+  # plain bilinear samples midway between two pixels, the mean of a 2x2 block.
+  weights = np.array([1.0, 3.0, 3.0, 1.0]) / 8
+  block = np.asarray(images[:, 3:7, 5:9])  # around output pixel (2, 3)
+  aa = np.einsum('i,j,nijc->nc', weights, weights, block)
+  np.testing.assert_allclose(transforms.resized_crop(images, full, 6, True)[:, 2, 3], aa, atol=1e-6)
+  np.testing.assert_allclose(transforms.resized_crop(images, full, 6, False)[:, 2, 3],
+                             images[:, 4:6, 6:8].mean(axis=(1, 2)), atol=1e-6)
+
+
+@pytest.mark.parametrize('antialias', [False, True])
+def test_resizes_match_torchvision(antialias):
+  """F.resize and F.resized_crop of float tensors, antialias off (the RoLSS code) and on (upstream PPA)."""
+  torch = pytest.importorskip('torch', reason='torch is not installed')
+  from mi_jax.convert import torch_compat  # pylint: disable=g-import-not-at-top
+  functional = torch_compat.import_torchvision().transforms.functional
+  images = np.random.default_rng(1).uniform(-1, 1, (2, 37, 41, 3)).astype(np.float32)
+  nchw = torch.from_numpy(images).permute(0, 3, 1, 2)
+  to_nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()
+  square = images[:, :, :37]
+  for size in (7, 16, 60, 299):  # down and up
+    want = to_nhwc(functional.resize(nchw[..., :37], [size, size], antialias=antialias))
+    assert np.abs(np.asarray(transforms.resize(jnp.asarray(square), size, antialias)) - want).max() <= 1e-5
+    assert np.abs(transforms.resize(square, size, antialias, xp=np) - want).max() <= 1e-5  # the host-side copy
+  for box in ((3, 5, 20, 30), (10, 2, 11, 9), (0, 0, 37, 41)):  # crops: resampled from their own pixels only
+    want = to_nhwc(functional.resized_crop(nchw, *box, [16, 16], antialias=antialias))
+    got = transforms.resized_crop(jnp.asarray(images), jnp.asarray(box, jnp.float32), 16, antialias)
+    assert np.abs(np.asarray(got) - want).max() <= 1e-5
+  # Antialiasing matters: the two settings give other images.
+  other = transforms.resize(jnp.asarray(square), 7, not antialias)
+  assert np.abs(np.asarray(other) - to_nhwc(functional.resize(nchw[..., :37], [7, 7], antialias=antialias))).max() > 0.05
 
 
 def test_random_resized_crop_box_follows_scale_and_ratio():
@@ -89,5 +119,14 @@ def test_final_selection_prefers_what_the_target_is_sure_of():
   scores = selection.final_scores(classify, images, jnp.zeros(5, jnp.int32), jax.random.key(0), iterations=4)
   np.testing.assert_allclose(scores, jax.nn.sigmoid(10 * levels), rtol=1e-4, atol=1e-7)
   np.testing.assert_array_equal(selection.top_final(np.asarray(scores), 2), [1, 3])
+  # One key per class: scoring the candidates in two batches gives the same crops, so the same scores.
+  key = jax.random.key(3)
+  images = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (5, 16, 16, 1)), jnp.float32)
+  classify_pixels = lambda x: jnp.stack([10 * x[:, 4:12, 4:12].mean(axis=(1, 2, 3)), jnp.zeros(x.shape[0])], axis=1)
+  whole = selection.final_scores(classify_pixels, images, jnp.zeros(5, jnp.int32), key, iterations=6)
+  split = jnp.concatenate([selection.final_scores(classify_pixels, images[:2], jnp.zeros(2, jnp.int32), key, 6),
+                           selection.final_scores(classify_pixels, images[2:], jnp.zeros(3, jnp.int32), key, 6)])
+  np.testing.assert_allclose(split, whole, rtol=1e-6)
+  images = jnp.broadcast_to(levels[:, None, None, None], (5, 16, 16, 1))
   both = selection.flip_averaged_confidence(classify, images)
   np.testing.assert_allclose(both[:, 0], jax.nn.sigmoid(10 * levels), rtol=1e-4, atol=1e-7)

@@ -51,6 +51,11 @@ def test_paper_defaults():
     ('train.batch_size', 0, 'config.train.batch_size=0'),
     ('optim.lr_milestones', (90, 75), 'config.optim.lr_milestones'),
     ('data.augment.rrc_scale', (0.9, 0.5), 'config.data.augment.rrc_scale'),
+    ('matmul_precision', 'fastest_please', 'config.matmul_precision=.fastest_please.'),
+    ('model.legacy_stage3_split', 0.4, r'config.model.legacy_stage3_split=0.4 keeps int\(0.4 \* 2\) = 0'),
+    ('model.transform_input', True, 'config.model.transform_input=True applies to inception_v3 models only'),
+    ('train.epochs', 0, 'config.train.epochs=0: 0 means "use config.model.init_file as it is"'),
+    ('model.init_file', '/no/such/weights.pth', 'config.model.init_file=./no/such/weights.pth.: no such file'),
 ])
 def test_validate_names_the_field(field, value, message):
   config = baseline.get_config('demo')
@@ -59,8 +64,24 @@ def test_validate_names_the_field(field, value, message):
   for p in parents:
     section = section[p]
   section[key] = value
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises((ValueError, FileNotFoundError), match=message):
     jobs.validate_config(config)
+
+
+def test_every_job_config_sets_the_matmul_precision_the_paper_ran_with():
+  """float32 convs and matmuls ('highest'), as on the paper's V100s, unless a config says otherwise."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import attack_ppa, eval_model, evaluate, gan_demo, import_stylegan, paper  # pylint: disable=g-import-not-at-top
+  for module in (baseline, attack_ppa, eval_model, evaluate, gan_demo, import_stylegan, paper):
+    assert module.get_config().matmul_precision == 'highest', module.__name__
+  before = jax.config.jax_default_matmul_precision
+  try:
+    config = baseline.get_config('tiny')
+    config.matmul_precision = 'tensorfloat32'
+    jobs.set_matmul_precision(config)
+    assert jax.config.jax_default_matmul_precision == 'tensorfloat32'
+  finally:
+    jax.config.update('jax_default_matmul_precision', before)
 
 
 @pytest.mark.parametrize('env, expected', [

@@ -179,9 +179,25 @@ def test_pipeline_is_deterministic_and_resumes_exactly(tfds_dir):
   for a, b in zip(first[4:], resumed):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
-  # Each epoch is a permutation of the whole split (epoch 1 = first 25 batches of 32 of 810 examples).
   assert first[0]['image'].shape == (32, 16, 16, 1) and first[0]['image'].dtype == np.float32
   assert -1.0 <= first[0]['image'].min() and first[0]['image'].max() <= 1.0
+
+
+def test_every_epoch_is_a_permutation_of_the_split():
+  """As a shuffling torch DataLoader: each example once per epoch, in a new order each epoch."""
+  n, epochs, batch = 50, 3, 10
+  # A source whose label is the example's index, so the batches spell out the order.
+  source = [{'image': np.full((4, 4, 1), i, np.uint8), 'label': i} for i in range(n)]
+  data_config = baseline.get_config('tiny').data
+  data_config.image_size = 4
+  labels = np.concatenate([b['label'] for b in pipeline.train_dataset(source, data_config, batch, epochs, seed=3,
+                                                                      augment=False)])
+  assert len(labels) == n * epochs
+  orders = labels.reshape(epochs, n)
+  for order in orders:
+    np.testing.assert_array_equal(np.sort(order), np.arange(n))
+  assert len({tuple(o) for o in orders}) == epochs  # reshuffled, not one order repeated
+  assert not np.array_equal(orders[0], np.arange(n))
 
 
 def test_eval_batches_cover_split_once_with_mask(tfds_dir):

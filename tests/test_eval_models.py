@@ -7,6 +7,7 @@ pytorch-fid==0.3.0`. Each test is skipped, with the reason, when its reference i
 """
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -16,6 +17,7 @@ from mi_jax import convert, models  # pylint: disable=g-import-not-at-top
 from mi_jax.convert import eval_models  # pylint: disable=g-import-not-at-top
 from mi_jax.convert import torchvision as tv_convert  # pylint: disable=g-import-not-at-top
 from mi_jax.models import facenet, inception  # pylint: disable=g-import-not-at-top
+from mi_jax.train import steps  # pylint: disable=g-import-not-at-top
 
 from test_convert import _model_config, _randomised, _torchvision_models  # pylint: disable=g-import-not-at-top
 
@@ -35,7 +37,7 @@ def _compare(module, variables, torch_net, size, seed, **apply_kwargs):
 def test_inception_v3_parity_with_torchvision_and_init_file(tmp_path):
   tvm = _torchvision_models(seed=4)
   net = _randomised(tvm.inception_v3(weights=None, aux_logits=True, init_weights=True, num_classes=7), seed=4)
-  # A PPA-style file: the auxiliary head is in it; the Flax model has none and drops it.
+  # A PPA-style file: the auxiliary head is in it; a Flax model without one drops it.
   path = tmp_path / 'inception_v3.pth'
   torch.save({'model_state_dict': net.state_dict()}, path)
   config = _model_config('inception_v3', 7, skip=())
@@ -45,6 +47,70 @@ def test_inception_v3_parity_with_torchvision_and_init_file(tmp_path):
   variables = convert.init_from_file(config, fresh)
   error, scale = _compare(model, variables, net, 75, seed=0)
   assert error <= 1e-4 * max(scale, 1.0), (error, scale)
+
+
+def test_inception_v3_transform_input_and_aux_head_match_torchvision(tmp_path):
+  """PPA's evaluation model: inception_v3(transform_input=True, aux_logits=True), imported as it is."""
+  tvm = _torchvision_models(seed=8)
+  net = tvm.inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=True, num_classes=7,
+                         dropout=0.0)
+  size = 299  # the auxiliary head's 5x5 conv after its 5x5/3 pool needs Mixed_6e's 17x17: the full size
+  # At 299px a randomised net's activations explode and drown the input: set every BatchNorm's running
+  # statistics to those of a calibration batch instead, so the outputs are of unit scale and input-dependent.
+  for module in net.modules():
+    if isinstance(module, torch.nn.BatchNorm2d):
+      module.reset_running_stats()
+      module.momentum = None  # a cumulative average: one batch sets the statistics
+  with torch.no_grad():
+    net.train()(torch.from_numpy(np.random.default_rng(7).uniform(-1, 1, (4, 3, size, size)).astype(np.float32)))
+  net.eval()
+  path = tmp_path / 'inception_v3_facescrub.pt'
+  torch.save(net.state_dict(), path)
+  config = _model_config('inception_v3', 7, skip=(), transform_input=True, aux_logits=True, init_file=str(path),
+                         init_reinit=('fc',))
+  model = models.build_model(config)
+  assert model.transform_input and model.aux_logits
+  fresh = jax.device_get(models.init_variables(model, (1, size, size, 3), jax.random.PRNGKey(0)))
+  variables = convert.init_from_file(config, fresh, as_is=True)  # train.epochs = 0: every leaf from the file
+  error, scale = _compare(model, variables, net, size, seed=3)  # evaluation: main logits only
+  assert error <= 1e-4 * max(scale, 1.0), (error, scale)
+  # Without the re-normalisation the same weights give other logits: the flag is what makes them agree.
+  plain = models.build_model(ml_collections.ConfigDict({**config.to_dict(), 'transform_input': False}))
+  other, _ = _compare(plain, variables, net, size, seed=3)
+  assert other > 100 * max(error, 1e-6)
+
+  # Training mode: (logits, aux logits) with batch statistics; dropout off on both sides.
+  x = np.random.default_rng(4).uniform(-1, 1, size=(2, 3, size, size)).astype(np.float32)
+  net.train()
+  with torch.no_grad():
+    want_logits, want_aux = net(torch.from_numpy(x))
+  trainable = inception.Inception3(num_classes=7, transform_input=True, aux_logits=True, dropout_rate=0.0)
+  (logits, aux), _ = trainable.apply(variables, x.transpose(0, 2, 3, 1), train=True, mutable=['batch_stats'])
+  for got, want in ((logits, want_logits), (aux, want_aux)):
+    want = want.numpy()
+    assert np.abs(np.asarray(got) - want).max() <= 1e-4 * max(np.abs(want).max(), 1.0)
+  # The auxiliary loss: CE + weight * CE(aux), as PPA's Classifier.fit adds them (weight 1).
+  labels = np.array([0, 6])
+  _, loss, parts = steps.classification_loss((logits, aux), labels, aux_loss_weight=0.4)
+  ce = lambda z: float(torch.nn.functional.cross_entropy(z, torch.from_numpy(labels)))
+  np.testing.assert_allclose(float(loss), ce(want_logits) + 0.4 * ce(want_aux), rtol=1e-4)
+  np.testing.assert_allclose(float(parts['aux_cross_entropy']), ce(want_aux), rtol=1e-4)
+
+
+def test_an_imported_evaluation_model_must_fit_its_config(tmp_path):
+  tvm = _torchvision_models(seed=9)
+  net = tvm.inception_v3(weights=None, aux_logits=True, init_weights=False, num_classes=9)
+  path = tmp_path / 'other.pt'
+  torch.save(net.state_dict(), path)
+  config = _model_config('inception_v3', 7, skip=(), aux_logits=True, init_file=str(path), init_reinit=('fc',))
+  model = models.build_model(config)
+  fresh = jax.device_get(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 299, 299, 3)))))
+  with pytest.raises(ValueError, match=r'(?s)\(inception_v3, num_classes=7, aux_logits=True\).*'
+                     r'AuxLogits/fc/kernel: source \(768, 9\).*params/fc/kernel: source \(2048, 9\) vs target \(2048, 7\)'):
+    convert.init_from_file(config, fresh, as_is=True)
+  # Training from it instead re-initialises the head that init_reinit names, the auxiliary one included.
+  variables = convert.init_from_file(config, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), fresh))
+  assert np.all(variables['params']['fc']['kernel'] == 0) and np.all(variables['params']['AuxLogits']['fc']['bias'] == 0)
 
 
 def test_fid_inception_parity_with_pytorch_fid(tmp_path, monkeypatch):

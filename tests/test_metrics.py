@@ -51,3 +51,33 @@ def test_delta_ratio_reproduces_the_paper_table():
   assert scores.delta_ratio(94.69, 90.78, 91.66, 81.98) == pytest.approx(2.90, abs=0.005)   # BiDO
   assert math.isinf(scores.delta_ratio(90.0, 80.0, 90.0, 70.0))
   assert math.isnan(scores.delta_ratio(90.0, 80.0, 90.0, 80.0))
+
+
+def test_prdc_matches_the_reference_package():
+  prdc_reference = pytest.importorskip('prdc', reason='prdc is not installed (the test extra)')
+  rng = np.random.default_rng(0)
+  real, fake = rng.normal(size=(60, 8)), rng.normal(0.3, 1.2, size=(25, 8))
+  want = prdc_reference.compute_prdc(real, fake, nearest_k=3)
+  got = scores.prdc(real, fake, k=3)
+  assert got == pytest.approx({k: float(v) for k, v in want.items()})
+
+
+def test_prdc_known_answers_and_per_class_mean():
+  # Reals on a line at 0, 1, 2, 3, 4: with k = 1 each real's radius is 1 (its nearest neighbour); the fakes
+  # 0.5 and 10 have radius 9.5 (each other). Balls are open.
+  real = np.arange(5.0)[:, None]
+  got = scores.prdc(real, np.array([[0.5], [10.0]]), k=1)
+  assert got['precision'] == 0.5   # 0.5 is inside the balls of reals 0 and 1; 10 inside none
+  assert got['recall'] == 1.0      # every real is within 9.5 of the fake 0.5
+  assert got['density'] == 1.0     # (2 + 0) balls / 2 fakes / k
+  assert got['coverage'] == 0.4    # only reals 0 and 1 have their nearest fake within radius 1
+  # Per class: the mean of the classes' values; a class with too few fakes for a fake radius has no recall.
+  real, labels = np.arange(6.0)[:, None], np.array([0, 0, 0, 1, 1, 1])
+  fake, fake_labels = np.array([[0.1], [3.2], [9.0]]), np.array([0, 1, 1])
+  per_class = scores.per_class_prdc(real, labels, fake, fake_labels, k=1)
+  zero, one = scores.prdc(real[:3], fake[:1], k=1), scores.prdc(real[3:], fake[1:], k=1)
+  for name in ('precision', 'density', 'coverage'):
+    assert per_class[f'prdc_{name}'] == pytest.approx((zero[name] + one[name]) / 2)
+  assert math.isnan(zero['recall']) and per_class['prdc_recall'] == one['recall']
+  with pytest.raises(ValueError, match='needs more than 3 real samples'):
+    scores.prdc(real[:3], real, k=3)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from configs import common
 from mi_jax import models
 from mi_jax.models import convnext, densenet, mobilenet, repvgg, resnet
 
@@ -17,14 +18,30 @@ def _init(model, size=32, channels=3):
   return models.init_variables(model, (2, size, size, channels), jax.random.PRNGKey(0))
 
 
-@pytest.mark.parametrize('name, torchvision_params', [
-    ('resnet18', 11_689_512), ('resnet34', 21_797_672), ('resnet50', 25_557_032),
-    ('resnet101', 44_549_160), ('resnet152', 60_192_808)])
-def test_parameter_counts_match_torchvision(name, torchvision_params):
-  stages, block = resnet.RESNET_STAGES[name]
-  model = resnet.ResNet(stage_sizes=stages, block_cls=block, num_classes=1000)
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
-  assert sum(x.size for x in jax.tree.leaves(variables['params'])) == torchvision_params
+# Models with no torchvision counterpart; their size is checked against the paper instead
+# (test_repvgg_deploy_parameter_counts_match_the_paper).
+NOT_IN_TORCHVISION = ('repvgg_a0', 'repvgg_a1', 'repvgg_b0')
+
+
+@pytest.mark.parametrize('name', [n for n in models.model_names() if n not in NOT_IN_TORCHVISION])
+def test_every_model_built_through_the_config_has_torchvision_size(name):
+  """Every name `config.model.name` accepts, built as a job builds it (ImageNet head), counted against
+  torchvision's model of the same name (random init, nothing downloaded)."""
+  torch_compat = pytest.importorskip('mi_jax.convert.torch_compat')
+  pytest.importorskip('torch', reason="torch is not installed (pip install -e '.[test,torch]')")
+  tvm = torch_compat.import_torchvision().models
+  config = common.base_config().model
+  config.name, config.num_classes, config.skip = name, 1000, (1.0,) * models.num_skip_stages(name)
+  extra = {}
+  if name == 'inception_v3':  # PPA's evaluation model: with the auxiliary head, as torchvision builds it
+    config.aux_logits = config.transform_input = True
+    extra = dict(aux_logits=True, init_weights=False)
+  model = models.build_model(config)
+  size = 299 if name == 'inception_v3' else 224
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3))))
+  ours = sum(x.size for x in jax.tree.leaves(variables['params']))
+  theirs = sum(p.numel() for p in getattr(tvm, name)(weights=None, **extra).parameters())
+  assert ours == theirs, (name, ours, theirs)
 
 
 def _tiny(skip, block=resnet.BasicBlock):
@@ -98,17 +115,6 @@ def test_build_model_from_config():
   flat = traverse_util.flatten_dict(variables['params'], sep='/')
   assert 'layer1_0/downsample_conv/kernel' in flat  # bottleneck: projection in stage 1 too
   assert flat['layer1_0/downsample_conv/kernel'].shape == (1, 1, 8, 32)
-
-
-@pytest.mark.parametrize('name, torchvision_params', [
-    ('densenet121', 7_978_856), ('densenet161', 28_681_000), ('densenet169', 14_149_480),
-    ('densenet201', 20_013_928)])
-def test_densenet_parameter_counts_match_torchvision(name, torchvision_params):
-  growth, blocks, init_features = densenet.DENSENET_CONFIGS[name]
-  model = densenet.DenseNet(growth_rate=growth, block_config=blocks, num_init_features=init_features,
-                            num_classes=1000)
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
-  assert sum(x.size for x in jax.tree.leaves(variables['params'])) == torchvision_params
 
 
 @pytest.mark.parametrize('k', [0.0, 0.01, 0.5, 1.0])
@@ -201,16 +207,6 @@ def test_repvgg_reparameterisation_keeps_outputs_and_input_gradients(dtype, tol,
   np.testing.assert_allclose(out_deploy, out_train, rtol=0, atol=tol * scale)
   np.testing.assert_allclose(grad_deploy, grad_train, rtol=0, atol=tol * float(np.abs(grad_train).max()))
   assert 'rbr_identity' not in str(jax.tree_util.tree_structure(deploy_vars))  # no skip branch is left
-
-
-@pytest.mark.parametrize('name, torchvision_params', [
-    ('mobilenet_v2', 3_504_872), ('convnext_tiny', 28_589_128), ('convnext_small', 50_223_688)])
-def test_other_families_match_torchvision_parameter_counts(name, torchvision_params):
-  config = ml_collections.ConfigDict(dict(name=name, num_classes=1000, skip=(1,) * (7 if 'mobilenet' in name else 4),
-                                          width=0, stem='imagenet', dtype='float32', skip_mode='truncate'))
-  model = models.build_model(config)
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
-  assert sum(x.size for x in jax.tree.leaves(variables['params'])) == torchvision_params
 
 
 def test_mobilenet_refuses_skip_settings_on_groups_without_residual():

@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 
 from configs import paper
+import PIL.Image
+
 from mi_jax import jobs, reproduce
 from mi_jax.analysis import gradient_flow, repvgg_equivalence
-from mi_jax.attacks import ppa
-from mi_jax.metrics import evaluate
+from mi_jax.attacks import transforms
+from mi_jax.data import augment
+from mi_jax.metrics import evaluate, scores
+from mi_jax.train import checkpoint
 from third_party.stylegan_jax import networks, save_generator
 
 GEN = networks.GeneratorConfig(z_dim=8, w_dim=8, img_resolution=16, img_channels=1, mapping_layers=2,
@@ -35,7 +39,7 @@ def tiny_study_config(root, tfds_dir):
     section.train.batch_size = 32
   config.attack.generator_dir = str(root / 'generator')
   config.attack.settings.update(search_space_size=24, num_candidates=2, batch_size=10, steps=2, truncation_cutoff=2,
-                                final_samples=2, final_iterations=2, eval_sizes=(16,))
+                                final_samples=2, final_iterations=2)
   config.analysis.repvgg = ''
   return config
 
@@ -60,20 +64,24 @@ def test_study_writes_the_table_and_the_figures(tiny_study):
   for r in rows:
     assert 0 <= r['acc'] <= 1 and 0 <= r['attack_acc_top1'] <= r['attack_acc_top5'] <= 1
     assert r['knn_dist_eval'] >= 0 and math.isfinite(r['fid']) and r['fid_features'] == 'evaluation_model'
-    assert r['images'] == 5 * 2
+    assert r['images'] == 5 * 2 and r['images_unfiltered'] == 5 * 2
+    assert 0 <= r['prdc_precision'] <= 1 and 0 <= r['prdc_coverage'] <= 1
   assert math.isnan(rows[0]['delta'])
   # Δ is the attack-accuracy drop over the accuracy drop against the No-defense row.
   base, tts_row = rows
-  if base['acc'] != tts_row['acc']:
-    want = (base['attack_acc_top1'] - tts_row['attack_acc_top1']) / (base['acc'] - tts_row['acc'])
-    assert tts_row['delta'] == pytest.approx(want)
+  want = scores.delta_ratio(base['acc'], base['attack_acc_top1'], tts_row['acc'], tts_row['attack_acc_top1'])
+  assert tts_row['delta'] == pytest.approx(want, nan_ok=True)
   markdown = open(os.path.join(workdir, 'results.md')).read()
-  assert '| resnet18 | TTS |' in markdown and 'Δ' in markdown
+  assert '| resnet18 | TTS |' in markdown and 'Δ' in markdown and 'Coverage' in markdown
+  assert "evaluation model's features" in markdown  # the FID convention is stated
   for name in ('gradient_flow_resnet18.png', 'false_positives.png', 'accuracy_vs_attack.png'):
     assert os.path.getsize(os.path.join(workdir, 'figures', name)) > 1000
+  # The attacked checkpoint is the best one on test (study.checkpoint = 'best'); Acc is its accuracy.
   # TTS: the target is stage 2, trained with the last stage's skips removed after stage 1.
-  stage2 = json.load(open(os.path.join(workdir, 'resnet18', 'tts', 'train', 'stage2', 'results.json')))
-  assert rows[1]['acc'] == stage2['test_accuracy']
+  for r, train_dir in zip(rows, ('none/train', 'tts/train/stage2')):
+    trained = json.load(open(os.path.join(workdir, 'resnet18', train_dir, 'results.json')))
+    assert r['step'] == trained['best_step'] and r['acc'] == trained['best']['test_accuracy']
+    assert r['epoch'] == r['step'] / trained['steps_per_epoch']
 
 
 def test_study_cells_take_the_defense_and_the_shared_settings(tmp_path, tfds_dir):
@@ -85,6 +93,42 @@ def test_study_cells_take_the_defense_and_the_shared_settings(tmp_path, tfds_dir
   assert reproduce.row_config(config, 'densenet121', 'ssf').model.skip[-1] == 0.01  # SSF's k follows the model
   tts = reproduce.row_config(config, 'densenet121', 'tts')
   assert tts.job == 'tts' and tts.model.skip_mode == 'scale' and tts.tts.stage1_epochs == 1
+
+
+def test_paper_protocol_per_architecture_settings_and_required_files(tmp_path):
+  """The paper preset: the RoLSS code's batch sizes and initialisation per architecture, every job in
+  float32-highest, PPA's FID inputs, no antialiasing, and no silent start without the protocol's files."""
+  config = paper.get_config()
+  assert config.study.per_architecture.densenet121.batch_size == 64
+  assert config.study.per_architecture.resnet101.batch_size == 128
+  assert (config.metrics.fid_quirk, config.metrics.antialias, config.attack.settings.antialias) == (True, False, False)
+  assert config.study.checkpoint == 'best' and config.study.evaluation_model == 'import'
+  config.study.architectures = ('resnet34', 'densenet121')
+  config.study.defenses = ('none',)
+  config.attack.generator_dir = str(tmp_path)
+  config.classifier.data.manual_dir = str(tmp_path)
+  with pytest.raises(ValueError, match=r'config.study.per_architecture.resnet34.init_file=.*ImageNet'):
+    jobs.validate_config(config)
+  weights = tmp_path / 'resnet34.pth'
+  weights.write_bytes(b'')
+  config.study.per_architecture.resnet34.init_file = str(weights)
+  with pytest.raises(ValueError, match=r"config.evaluation_model.model.init_file=.*inception_v3_facescrub"):
+    jobs.validate_config(config)  # DenseNets train from scratch: only the evaluation model is missing now
+  config.evaluation_model.model.init_file = str(weights)
+  jobs.validate_config(config)
+  densenet = reproduce.row_config(config, 'densenet121', 'none')
+  resnet = reproduce.row_config(config, 'resnet34', 'none')
+  assert (densenet.train.batch_size, densenet.model.init_file) == (64, '')
+  assert (resnet.train.batch_size, resnet.model.init_file) == (128, str(weights))
+  assert resnet.matmul_precision == densenet.matmul_precision == 'highest'
+  evaluation = reproduce.evaluation_config(config)  # 'import': the file as it is
+  assert evaluation.train.epochs == 0 and tuple(evaluation.model.init_reinit) == ()
+  assert evaluation.model.transform_input and evaluation.model.name == 'inception_v3'
+  # from_scratch trains without ImageNet files and without an evaluation-model file in 'train' mode.
+  config.study.per_architecture.resnet34.init_file = config.evaluation_model.model.init_file = ''
+  config.study.from_scratch, config.study.evaluation_model = True, 'train'
+  jobs.validate_config(config)
+  assert reproduce.row_config(config, 'resnet34', 'none').model.init_file == ''
 
 
 def test_rerun_skips_finished_work_and_redoes_what_is_missing(tiny_study):
@@ -100,23 +144,40 @@ def test_rerun_skips_finished_work_and_redoes_what_is_missing(tiny_study):
     assert a['attack_acc_top1'] == b['attack_acc_top1'] and a['knn_dist_eval'] == pytest.approx(b['knn_dist_eval'])
 
 
-def test_evaluation_of_private_images_has_known_answers(tiny_study, tmp_path):
+def _private_images(data_config, classes, per_class=4):
+  """'Attack' images that are private training images of their classes, rendered at any size by the
+  same resize as the private reference images (PIL's, from the stored originals)."""
+  originals = [(image, label) for image, label in evaluate.private_originals(data_config, classes)]
+  chosen = [(image, label) for c in classes for image, label in [o for o in originals if o[1] == c][:per_class]]
+  render = lambda size: np.stack([evaluate.resize_original(image, size, evaluate.PIL_RESIZE) for image, _ in chosen])
+  targets = np.array([label for _, label in chosen])
+  return evaluate.AttackImages(render, targets, np.tile([0.9, 0.9, 0.2, 0.2], len(classes)))
+
+
+def _metrics(**fields):
+  from configs import evaluate as evaluate_config  # pylint: disable=g-import-not-at-top
+  metrics = evaluate_config.metrics_section()
+  metrics.update(fields)
+  return metrics
+
+
+def test_evaluation_of_private_images_has_known_answers(tiny_study):
   """Final 'attack' images that are private training images: KNN distance 0, and the attack accuracy
   is the evaluation model's accuracy on those images."""
-  config, workdir, _ = tiny_study
+  _, workdir, _ = tiny_study
   eval_dir = os.path.join(workdir, 'evaluation_model')
   target_config = json.load(open(os.path.join(workdir, 'resnet18', 'none', 'attack', 'attack.json')))['target_config']
-  attack_dir = tmp_path / 'attack'
-  _private_attack_dir(attack_dir, target_config)
-  results = evaluate.evaluate_attack(str(attack_dir), eval_dir)
-  assert results['knn_dist_eval'] < 1e-3  # each image's nearest same-class private image is itself (uint8 rounding)
-  model, variables, _ = ppa.load_target(eval_dir)
-  stored, targets, _ = evaluate.load_final_images(str(attack_dir))
-  predicted = np.argmax(np.asarray(model.apply(variables, evaluate.images_at(stored, 16))), -1)
-  assert results['attack_acc_top1'] == pytest.approx(np.mean(predicted == targets))
+  final = _private_images(target_config['data'], (1, 3))
+  results, records = evaluate.evaluate_images(final, None, target_config['data'], eval_dir, _metrics(batch_size=16))
+  assert results['knn_dist_eval'] < 1e-6  # each image's nearest same-class private image is itself
+  model, variables, _, step, _ = checkpoint.load_classifier(eval_dir)
+  assert results['evaluation_step'] == step
+  predicted = np.argmax(np.asarray(model.apply(variables, final.render(16))), -1)
+  assert results['attack_acc_top1'] == pytest.approx(np.mean(predicted == final.targets))
   assert results['target_accepts'] == 0.5
-  saved = np.load(attack_dir / 'evaluation.npz')
-  np.testing.assert_array_equal(saved['targets'], targets)
+  np.testing.assert_array_equal(records['targets'], final.targets)
+  # Fakes that are a subset of the reals sit inside the real balls: precision 1 (PRDC, per class).
+  assert results['prdc_precision'] == 1.0
 
 
 def test_fid_inputs_standard_and_ppa_quirk():
@@ -125,15 +186,20 @@ def test_fid_inputs_standard_and_ppa_quirk():
   np.testing.assert_array_equal(evaluate.fid_inputs(images, quirk=True), [-3.0, -1.0, 1.0])
 
 
-def _private_attack_dir(attack_dir, target_config, classes=(1, 3), per_class=4):
-  """An 'attack' whose final images are private training images of their classes."""
-  images, labels = evaluate.private_images(target_config['data'], list(classes), 16, 64)
-  (attack_dir / 'final').mkdir(parents=True)
-  for c in classes:
-    rows = np.flatnonzero(labels == c)[:per_class]
-    uint8 = np.clip(np.round((images[rows] + 1) * 127.5), 0, 255).astype(np.uint8)
-    np.savez(attack_dir / 'final' / f'class_{c:05d}.npz', scores=np.array([0.9, 0.9, 0.2, 0.2]), images_16=uint8)
-  json.dump({'target_config': target_config}, open(attack_dir / 'attack.json', 'w'))
+def test_private_images_are_resized_once_from_the_originals(tiny_study):
+  """KNN references: PIL's resize of the stored image (PPA's Resize before ToTensor); FID references:
+  torchvision's tensor resize, antialiased or not as metrics.antialias says."""
+  _, workdir, _ = tiny_study
+  data = json.load(open(os.path.join(workdir, 'resnet18', 'none', 'attack', 'attack.json')))['target_config']['data']
+  original, label = next(evaluate.private_originals(data, [2]))
+  assert label == 2 and original.shape == (8, 8, 1)  # the stored 8x8 digit, not the 16px training input
+  pil = evaluate.resize_original(original, 5, evaluate.PIL_RESIZE)
+  np.testing.assert_array_equal(pil, augment.normalize(augment.to_pil(original).resize((5, 5), PIL.Image.BILINEAR)))
+  as_float = original[None].astype(np.float32) / 127.5 - 1
+  for antialias in (True, False):
+    np.testing.assert_allclose(evaluate.resize_original(original, 5, antialias),
+                               transforms.resize(as_float, 5, antialias, xp=np)[0], atol=1e-6)
+  assert np.abs(evaluate.resize_original(original, 5, True) - evaluate.resize_original(original, 5, False)).max() > 0.01
 
 
 def test_facenet_distance_of_private_images_is_zero(tiny_study, tmp_path):
@@ -144,18 +210,19 @@ def test_facenet_distance_of_private_images_is_zero(tiny_study, tmp_path):
   torch.manual_seed(0)
   torch.save(irv1.InceptionResnetV1(pretrained=None, classify=False).state_dict(), tmp_path / 'facenet.pt')
   _, workdir, _ = tiny_study
-  target_config = json.load(open(os.path.join(workdir, 'resnet18', 'none', 'attack', 'attack.json')))['target_config']
-  _private_attack_dir(tmp_path / 'attack', target_config, classes=(2,))  # FaceNet at 160px is slow on CPU
-  results = evaluate.evaluate_attack(str(tmp_path / 'attack'), os.path.join(workdir, 'evaluation_model'),
-                                     facenet_file=str(tmp_path / 'facenet.pt'))
-  assert 0 <= results['knn_dist_facenet'] < 1e-3 and results['knn_dist_eval'] < 1e-3
+  data = json.load(open(os.path.join(workdir, 'resnet18', 'none', 'attack', 'attack.json')))['target_config']['data']
+  final = _private_images(data, (2,))  # FaceNet at 160px is slow on CPU
+  results, _ = evaluate.evaluate_images(final, None, data, os.path.join(workdir, 'evaluation_model'),
+                                        _metrics(facenet_file=str(tmp_path / 'facenet.pt'), batch_size=16))
+  assert 0 <= results['knn_dist_facenet'] < 1e-6 and results['knn_dist_eval'] < 1e-6
 
 
 def test_evaluation_refuses_unfinished_attacks(tmp_path):
   with pytest.raises(evaluate.EvaluationError, match='no attack.json'):
-    evaluate.evaluate_attack(str(tmp_path), str(tmp_path))
-  with pytest.raises(evaluate.EvaluationError, match='no final images'):
-    evaluate.load_final_images(str(tmp_path))
+    evaluate.evaluate_attack(str(tmp_path), str(tmp_path), _metrics())
+  json.dump({'settings': {}}, open(tmp_path / 'attack.json', 'w'))
+  with pytest.raises(evaluate.EvaluationError, match='no final latents'):
+    evaluate.evaluate_attack(str(tmp_path), str(tmp_path), _metrics())
 
 
 def test_study_config_errors_name_the_field(tmp_path, tfds_dir):
@@ -189,6 +256,12 @@ def test_eval_model_config_is_inception_v3_at_299():
   jobs.validate_config(config)
   assert config.model.name == 'inception_v3' and config.data.image_size == 299
   assert tuple(config.optim.lr_milestones) == (80,) and tuple(config.model.init_reinit) == ('fc',)
+  assert config.model.transform_input and config.model.aux_logits and config.train.aux_loss_weight == 1.0
+  assert tuple(eval_model.get_config('celeba').optim.lr_milestones) == (75, 90)
+  imported = eval_model.get_config('import')
+  assert imported.train.epochs == 0 and tuple(imported.model.init_reinit) == ()
+  with pytest.raises(ValueError, match='config.train.epochs=0: 0 means "use config.model.init_file as it is"'):
+    jobs.validate_config(imported)  # no file named
   config.model.skip = (1, 1, 1, 1)
   with pytest.raises(ValueError, match='config.model.skip=.*inception_v3 has 0 stages'):
     jobs.validate_config(config)

@@ -124,6 +124,16 @@ def test_training_writes_artefacts(uninterrupted):
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tensorboard')))
   with open(os.path.join(workdir, 'results.json')) as f:
     assert json.load(f)['test_accuracy'] == results['test_accuracy']
+  # The best checkpoint (what the RoLSS code keeps) is the step with the highest test accuracy logged.
+  with open(os.path.join(workdir, 'metrics.csv')) as f:
+    logged = [r for r in csv.DictReader(f) if r.get('test_accuracy')]
+  accuracy = {int(r['step']): float(r['test_accuracy']) for r in logged}
+  best_step, best_metrics = checkpoint.resolve_step(workdir, 'best')
+  assert best_step == results['best_step'] == max(accuracy, key=accuracy.get)
+  assert best_metrics['test_accuracy'] == pytest.approx(accuracy[best_step]) == results['best']['test_accuracy']
+  assert checkpoint.resolve_step(workdir, 'latest')[0] == results['step'] == checkpoint.resolve_step(workdir, '50')[0]
+  with pytest.raises(checkpoint.CheckpointError, match='no checkpoint at step 7'):
+    checkpoint.resolve_step(workdir, 7)
 
 
 class _Interrupt(Exception):

@@ -6,7 +6,9 @@ the target's input -> one random resized crop per step (shared by the batch) ->
 target logits -> Poincaré loss -> Adam on w. The step loop is a `lax.scan`, so
 XLA fuses synthesis, target forward and both backward passes, and the function
 compiles once per batch shape. Alongside the loss it records, per step, the norm
-of dL/dz_i at each target stage input (the gradient-flow analysis of the paper).
+of dL/dz_i at each target stage input (the gradient-flow analysis of the paper)
+and, as the RoLSS code does (attacks/optimize.py), the mean and standard deviation
+of |dL/dw| over every element of the batch's latents.
 """
 
 import dataclasses
@@ -32,6 +34,7 @@ class OptimizeSettings:
   input_size: int = 224                    # The target's input size.
   rrc_scale: tuple[float, float] = (0.9, 1.0)
   rrc_ratio: tuple[float, float] = (1.0, 1.0)
+  antialias: bool = True                   # Antialiased resizes (upstream PPA); the RoLSS code ran without.
   clip: bool = False                       # Clip images to [-1, 1] before the target (PPA: off).
   remat: bool = False                      # Recompute the generator in the backward pass (saves memory).
 
@@ -45,13 +48,15 @@ def make_optimize_fn(synthesize: Callable[[jax.Array], jax.Array],
                      classify: Callable[[jax.Array, dict], jax.Array],
                      perturbations_like: Callable[[int], dict],
                      settings: OptimizeSettings):
-  """Returns optimize(w0 [B, w_dim], targets [B], key) -> (w [B, w_dim], log).
+  """Returns optimize(w0 [B, w_dim], targets [B], valid [B], key) -> (w [B, w_dim], log).
 
   `synthesize(w)` maps [B, w_dim] to images in [-1, 1]; `classify(x, perturbations)`
   gives logits, adding `perturbations` (zeros) at the stage inputs so their
-  gradient is dL/dz_i; `perturbations_like(batch)` makes those zeros.
-  log = {'loss': [steps] batch-mean loss, 'stage_grad_norm': {name: [steps]} batch-mean ||dL_n/dz_i||,
-         'finite': [steps] whether every loss and gradient was finite}.
+  gradient is dL/dz_i; `perturbations_like(batch)` makes those zeros. `valid` marks
+  the real rows of a batch padded to its fixed size: the loss is the mean over them.
+  log = {'loss': [steps] mean loss, 'stage_grad_norm': {name: [steps]} mean ||dL_n/dz_i||,
+         'w_grad_abs_mean' / 'w_grad_abs_std': [steps] of |dL/dw| (torch.std: unbiased),
+         'finite': [steps] whether every loss and gradient was finite}, over the valid rows.
   """
   tx = make_optimizer(settings)
   if settings.remat:
@@ -61,26 +66,36 @@ def make_optimize_fn(synthesize: Callable[[jax.Array], jax.Array],
     images = synthesize(w)
     if settings.clip:
       images = jnp.clip(images, -1.0, 1.0)
-    x = transforms.generator_to_classifier(images, settings.center_crop, settings.input_size)
-    x = transforms.random_resized_crop(key, x, settings.input_size, settings.rrc_scale, settings.rrc_ratio)
+    x = transforms.generator_to_classifier(images, settings.center_crop, settings.input_size, settings.antialias)
+    x = transforms.random_resized_crop(key, x, settings.input_size, settings.rrc_scale, settings.rrc_ratio,
+                                       settings.antialias)
     logits = classify(x, perturbations)
     return losses.poincare_loss(logits.astype(jnp.float32), targets, settings.poincare_xi)
 
-  def optimize(w0, targets, key):
+  def optimize(w0, targets, valid, key):
     batch = w0.shape[0]
     zeros = perturbations_like(batch)
+    weight = valid.astype(jnp.float32)
+    count = jnp.sum(weight)
+    mean_over_valid = lambda values: jnp.sum(values * weight) / count
 
     def step(carry, step_key):
       w, opt_state = carry
-      # Summing the per-sample losses makes dL/dz_i[n] the gradient of sample n's own loss.
-      total = lambda w, p: jnp.sum(per_sample_loss(w, p, targets, step_key))
+      # Summing the per-sample losses makes dL/dz_i[n] the gradient of sample n's own loss; padded rows weigh 0.
+      total = lambda w, p: jnp.sum(per_sample_loss(w, p, targets, step_key) * weight)
       loss_sum, (w_grad, stage_grads) = jax.value_and_grad(total, argnums=(0, 1))(w, zeros)
-      updates, opt_state = tx.update(w_grad / batch, opt_state, w)  # the batch-mean loss, as PPA
+      w_grad = w_grad / count  # the gradient of the batch-mean loss, as PPA's
+      updates, opt_state = tx.update(w_grad, opt_state, w)
       finite = jnp.isfinite(loss_sum) & jnp.all(jnp.isfinite(w_grad))
       w = jnp.where(finite, optax.apply_updates(w, updates), w)  # a non-finite step leaves w as it was
-      norms = {'/'.join(path): jnp.mean(jnp.sqrt(jnp.sum(jnp.square(g.reshape(batch, -1)), axis=1)))
+      norms = {'/'.join(path): mean_over_valid(jnp.sqrt(jnp.sum(jnp.square(g.reshape(batch, -1)), axis=1)))
                for path, g in flax.traverse_util.flatten_dict(stage_grads).items()}
-      return (w, opt_state), {'loss': loss_sum / batch, 'stage_grad_norm': norms, 'finite': finite}
+      magnitude = jnp.abs(w_grad)
+      elements = count * w_grad.shape[1]
+      abs_mean = jnp.sum(magnitude * weight[:, None]) / elements
+      abs_std = jnp.sqrt(jnp.sum(jnp.square(magnitude - abs_mean) * weight[:, None]) / (elements - 1))
+      return (w, opt_state), {'loss': loss_sum / count, 'stage_grad_norm': norms, 'finite': finite,
+                              'w_grad_abs_mean': abs_mean, 'w_grad_abs_std': abs_std}
 
     keys = jax.random.split(key, settings.steps)
     (w, _), log = jax.lax.scan(step, (w0, tx.init(w0)), keys)

@@ -6,15 +6,18 @@ Stages (reference/ppa.md §1):
   2. optimisation: every (class, candidate) pair in batches of `batch_size` per device, sharded over all
      devices; one jitted scan of `steps` Adam steps per batch (optimize.py);
   3. final selection: per class, the `final_samples` images the target is most confident about under
-     `final_iterations` random crops + flips.
+     `final_iterations` random crops + flips, the same crops for every candidate of the class.
 
 Workdir: `candidates.npz`, `optimized/batch_<i>.npz` (one per batch, written atomically: a killed job
-resumes after the last finished batch), `final/class_<c>.npz` (latents, scores, uint8 images at the
-evaluation sizes), `grids/class_<c>.png`, `final_grid.png` (a row per class), `log.json` (loss and per-stage gradient norms per step and
-batch) and `attack.json` (settings and summary).
+resumes after the last finished batch), `final/class_<c>.npz` (latents and scores of the kept images),
+`grids/class_<c>.png`, `final_grid.png` (a row per class), `log.json` (per step and batch: loss,
+per-stage gradient norms, mean and std of |dL/dw|) and `attack.json` (settings, the attacked
+checkpoint, summary). Evaluation renders the float images from the latents (`make_renderer`), as PPA
+regenerates them for every metric; uint8 images exist only in the PNGs.
 """
 
 import functools
+import glob
 import json
 import os
 
@@ -42,15 +45,13 @@ class AttackError(ValueError):
 
 # ---------------------------------------------------------------------------- inputs
 
-def load_target(workdir: str, step: int = 0):
-  """(model, variables, saved config dict) of the classifier trained in `workdir` (step 0 = latest)."""
-  step = step or checkpoint.latest_step_in(workdir)
-  if step is None:
-    raise AttackError(f'config.target.workdir={workdir!r} holds no checkpoint (train a target there first; '
-                      'for TTS name its stage2/ directory)')
-  saved = checkpoint.load_config(workdir, step)
-  model = models.build_model(ml_collections.ConfigDict(saved['model']))
-  return model, checkpoint.load_variables(workdir, step), saved
+def load_classifier(workdir: str, which: str, field: str):
+  """checkpoint.load_classifier for the run config.<field>.workdir names, with errors naming the field."""
+  try:
+    return checkpoint.load_classifier(os.path.expanduser(workdir), which)
+  except (FileNotFoundError, checkpoint.CheckpointError) as e:
+    raise AttackError(f'config.{field}.workdir={workdir!r}, checkpoint {which!r}: {e} (for TTS name its stage2/ '
+                      'directory)') from None
 
 
 def check_compatible(model, variables, saved: dict, gen_config: networks.GeneratorConfig, settings, classes):
@@ -82,12 +83,15 @@ def validate_config(config: ml_collections.ConfigDict):
   jobs.check_positive_ints(config, [f'attack.{field}' for field in ('search_space_size', 'num_candidates', 'batch_size',
                                                                      'steps', 'final_samples', 'final_iterations')],
                            error=AttackError)
+  for section in ('target', 'evaluation'):
+    which = str(config[section].checkpoint)
+    check(which in ('latest', 'best') or which.isdigit(), f'{section}.checkpoint', config[section].checkpoint,
+          f'expected {checkpoint.CHECKPOINT_CHOICES}')
   check(a.num_candidates <= a.search_space_size, 'attack.num_candidates', a.num_candidates,
         f'expected <= attack.search_space_size ({a.search_space_size})')
   check(a.final_samples <= a.num_candidates, 'attack.final_samples', a.final_samples,
         f'expected <= attack.num_candidates ({a.num_candidates})')
   check(a.lr > 0, 'attack.lr', a.lr, 'expected > 0')
-  check(all(s > 0 for s in a.eval_sizes), 'attack.eval_sizes', a.eval_sizes, 'expected positive sizes')
   for field in ('rrc_scale', 'final_rrc_scale'):
     low, high = a[field]
     check(0 < low <= high <= 1, f'attack.{field}', a[field], 'expected (low, high) with 0 < low <= high <= 1')
@@ -98,18 +102,17 @@ def settings_from(config: ml_collections.ConfigDict, input_size: int) -> optimiz
   return optimize.OptimizeSettings(steps=a.steps, lr=a.lr, betas=tuple(a.betas), lr_milestones=tuple(a.lr_milestones),
                                    lr_gamma=a.lr_gamma, poincare_xi=a.poincare_xi, center_crop=a.center_crop,
                                    input_size=input_size, rrc_scale=tuple(a.rrc_scale), rrc_ratio=tuple(a.rrc_ratio),
-                                   clip=a.clip, remat=a.remat)
-
-
-def _to_uint8(images) -> np.ndarray:
-  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+                                   antialias=a.antialias, clip=a.clip, remat=a.remat)
 
 
 # ---------------------------------------------------------------------------- the job
 
 def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
   a = config.attack
-  model, target_vars, saved = load_target(os.path.expanduser(config.target.workdir), config.target.step)
+  model, target_vars, saved, target_step, target_metrics = load_classifier(config.target.workdir,
+                                                                           config.target.checkpoint, 'target')
+  logging.info('Attacking %s at step %d (%s checkpoint; test accuracy %s)', config.target.workdir, target_step,
+               config.target.checkpoint, target_metrics.get('test_accuracy'))
   gen_config, gen_vars, _ = generator_io.load_generator(config.generator.dir)
   input_size = saved['data']['image_size']
   settings = settings_from(config, input_size)
@@ -132,7 +135,7 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
     variables = target_vars if perturbations is None else {**target_vars, 'perturbations': perturbations}
     return model.apply(variables, x, train=False)
 
-  frame = lambda images: transforms.generator_to_classifier(images, settings.center_crop, input_size)
+  frame = lambda images: transforms.generator_to_classifier(images, settings.center_crop, input_size, a.antialias)
 
   # -------------------------------------------------------------- 1. candidates
   candidates_path = os.path.join(workdir, 'candidates.npz')
@@ -168,7 +171,8 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(optimized_dir, exist_ok=True)
   zeros_like_perturbations = perturbation_zeros(model, target_vars, input_size, gen_config.img_channels)
   run = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros_like_perturbations, settings),
-                in_shardings=(batch_sharded, batch_sharded, replicated), out_shardings=(batch_sharded, replicated))
+                in_shardings=(batch_sharded, batch_sharded, batch_sharded, replicated),
+                out_shardings=(batch_sharded, replicated))
   num_batches = -(-len(cand_w) // batch_size)
   progress = reporting.Progress(num_batches, batch_size * settings.steps, name='attack batch')
   final_w, logs = np.zeros_like(cand_w), []
@@ -179,9 +183,11 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not os.path.exists(path):
       key = jax.random.fold_in(jax.random.key(config.seed), b)
       w, log = run(jax.device_put(_pad_to(cand_w[rows], batch_size), batch_sharded),
-                   jax.device_put(_pad_to(cand_classes[rows], batch_size), batch_sharded), key)
+                   jax.device_put(_pad_to(cand_classes[rows], batch_size), batch_sharded),
+                   jax.device_put(np.arange(batch_size) < n, batch_sharded), key)
       w, log = _fetch(w)[:n], jax.device_get(log)
-      flat_log = {'loss': log['loss'], 'finite': log['finite'],
+      flat_log = {'loss': log['loss'], 'finite': log['finite'], 'w_grad_abs_mean': log['w_grad_abs_mean'],
+                  'w_grad_abs_std': log['w_grad_abs_std'],
                   **{f'grad_norm/{k}': v for k, v in log['stage_grad_norm'].items()}}
       if not np.all(log['finite']):
         bad_step = int(np.argmin(log['finite']))
@@ -210,42 +216,46 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def final_images_and_scores(w, targets, key):
     images = synthesize(w)
     return images, selection.final_scores(classify, frame(images), targets, key, a.final_iterations,
-                                          tuple(a.final_rrc_scale), tuple(a.final_rrc_ratio))
+                                          tuple(a.final_rrc_scale), tuple(a.final_rrc_ratio), a.antialias)
 
-  summary, overview, eval_logits, eval_targets = {}, [], [], []
+  summary, overview = {}, []
+  evaluated = {'filtered': ([], []), 'unfiltered': ([], [])}  # (evaluation logits, targets)
   for c in classes:
     idx = np.flatnonzero(cand_classes == c)
+    key = jax.random.fold_in(jax.random.key(config.seed + 1), c)  # one key per class: the same crops for all
     images, scores = [], []
     for start in range(0, len(idx), batch_size):
       rows = idx[start:start + batch_size]
-      key = jax.random.fold_in(jax.random.key(config.seed + 1), c * 100_000 + start)
       imgs, sc = final_images_and_scores(jax.device_put(_pad_to(final_w[rows], batch_size), batch_sharded),
                                          jax.device_put(np.full(batch_size, c, np.int32), batch_sharded), key)
       images.append(_fetch(imgs)[:len(rows)])
       scores.append(_fetch(sc)[:len(rows)])
     images, scores = np.concatenate(images), np.concatenate(scores)
     keep = selection.top_final(scores, a.final_samples)
-    kept = jnp.asarray(images[keep])
-    framed = np.asarray(frame(kept))  # at the target's input size
-    sized = {f'images_{s}': _to_uint8(transforms.generator_to_classifier(kept, settings.center_crop, s))
-             for s in sorted(set(a.eval_sizes) - {input_size})}
-    sized[f'images_{input_size}'] = _to_uint8(framed)
+    framed = np.asarray(frame(jnp.asarray(images[keep])))  # at the target's input size, float
     if jax.process_index() == 0:
-      reporting.save_npz(os.path.join(final_dir, f'class_{c:05d}.npz'), w=final_w[idx[keep]], scores=scores[keep], **sized)
+      reporting.save_npz(os.path.join(final_dir, f'class_{c:05d}.npz'), w=final_w[idx[keep]], scores=scores[keep])
       reporting.save_png(os.path.join(grid_dir, f'class_{c:05d}.png'), reporting.image_grid(framed))
     summary[c] = float(np.mean(scores[keep]))
     if len(overview) < OVERVIEW_CLASSES:
       overview.append(framed[:OVERVIEW_PER_CLASS])
-    if evaluation_logits is not None:
-      eval_logits.append(np.asarray(evaluation_logits(kept)))
-      eval_targets.append(np.full(len(keep), c))
+    if evaluation_logits is not None:  # every optimised image (PPA's unfiltered accuracy) and the kept ones
+      logits = np.concatenate([np.asarray(evaluation_logits(jnp.asarray(images[i:i + batch_size])))
+                               for i in range(0, len(images), batch_size)])
+      for name, chosen in (('unfiltered', slice(None)), ('filtered', keep)):
+        evaluated[name][0].append(logits[chosen])
+        evaluated[name][1].append(np.full(len(logits[chosen]), c))
 
   results = {'classes': len(classes), 'latents_optimized': int(len(cand_w)), 'batches': num_batches,
-             'final_per_class': int(a.final_samples), 'mean_final_target_confidence': float(np.mean(list(summary.values()))),
+             'final_per_class': int(a.final_samples), 'target_step': int(target_step),
+             'target_checkpoint': str(config.target.checkpoint),
+             'target_metrics': {k: float(v) for k, v in target_metrics.items()},
+             'mean_final_target_confidence': float(np.mean(list(summary.values()))),
              'final_loss_mean': float(np.mean([log['loss'][-1] for log in logs]))}
   if evaluation_logits is not None:
-    accuracy = scores_lib.attack_accuracy(np.concatenate(eval_logits), np.concatenate(eval_targets))
-    results['eval_top1'], results['eval_top5'] = accuracy['top1'], accuracy['top5']
+    for name, prefix in (('filtered', 'eval'), ('unfiltered', 'eval_unfiltered')):
+      accuracy = scores_lib.attack_accuracy(*map(np.concatenate, evaluated[name]))
+      results[f'{prefix}_top1'], results[f'{prefix}_top5'] = accuracy['top1'], accuracy['top5']
   if jax.process_index() == 0:
     # One row per class (the first OVERVIEW_CLASSES), best first.
     per_row = min(OVERVIEW_PER_CLASS, a.final_samples)
@@ -260,17 +270,18 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _make_evaluator(config, gen_config, settings, classes):
-  """Final images [n, R, R, C] -> the evaluation model's logits; None without an evaluation model."""
-  workdir = config.evaluation.workdir
-  if not workdir:
+  """Generator images [n, R, R, C] -> the evaluation model's logits; None without an evaluation model."""
+  if not config.evaluation.workdir:
     return None
-  model, variables, saved = load_target(os.path.expanduser(workdir), config.evaluation.step)
+  model, variables, saved, _, _ = load_classifier(config.evaluation.workdir, config.evaluation.checkpoint,
+                                                  'evaluation')
   check_compatible(model, variables, saved, gen_config, settings, classes)
   size = saved['data']['image_size']
 
   @jax.jit
   def logits(images):
-    return model.apply(variables, transforms.generator_to_classifier(images, settings.center_crop, size), train=False)
+    framed = transforms.generator_to_classifier(images, settings.center_crop, size, settings.antialias)
+    return model.apply(variables, framed, train=False)
   return logits
 
 
@@ -316,3 +327,61 @@ def perturbation_zeros(model, variables, size: int, channels: int):
                                                    mutable=['perturbations']))
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes.get('perturbations', {}))
   return zeros
+
+
+# ---------------------------------------------------------------------------- outputs, for evaluation
+
+def read_attack(attack_workdir: str) -> dict:
+  """attack.json of a finished attack."""
+  path = os.path.join(attack_workdir, 'attack.json')
+  if not os.path.exists(path):
+    raise AttackError(f'{attack_workdir} holds no attack.json: the attack has not finished')
+  with open(path) as f:
+    return json.load(f)
+
+
+def final_latents(attack_workdir: str):
+  """(w [N, w_dim], target classes [N], final-selection confidences [N]) of the kept images, class by class."""
+  paths = sorted(glob.glob(os.path.join(attack_workdir, 'final', 'class_*.npz')))
+  if not paths:
+    raise AttackError(f'{attack_workdir} holds no final latents (final/class_*.npz): run the attack first')
+  ws, targets, confidences = [], [], []
+  for path in paths:
+    with np.load(path) as f:
+      ws.append(f['w'])
+      confidences.append(f['scores'])
+      targets.append(np.full(len(f['scores']), int(os.path.basename(path)[len('class_'):-len('.npz')])))
+  return np.concatenate(ws), np.concatenate(targets), np.concatenate(confidences)
+
+
+def optimized_latents(attack_workdir: str):
+  """(w [M, w_dim], target classes [M]) of every optimised latent, before final selection."""
+  paths = sorted(glob.glob(os.path.join(attack_workdir, 'optimized', 'batch_*[0-9].npz')))
+  if not paths:
+    raise AttackError(f'{attack_workdir} holds no optimised latents (optimized/batch_*.npz)')
+  ws, targets = [], []
+  for path in paths:
+    with np.load(path) as f:
+      ws.append(f['w'])
+      targets.append(f['classes'])
+  return np.concatenate(ws), np.concatenate(targets)
+
+
+def make_renderer(attack_workdir: str, antialias: bool | None = None):
+  """render(w [B, w_dim], size) -> float images [B, size, size, C] framed as the attack framed them.
+
+  The generator (const noise) and PPA's centre crop of the attack in `attack_workdir`, then the resize
+  to `size`, antialiased per `antialias` (None: as the attack did): unclipped float images, as PPA's
+  `create_image` feeds its metrics.
+  """
+  settings = read_attack(attack_workdir)['settings']
+  gen_config, gen_vars, _ = generator_io.load_generator(settings['generator']['dir'])
+  G = networks.Generator(gen_config)
+  crop = settings['attack']['center_crop']
+  antialias = settings['attack'].get('antialias', True) if antialias is None else antialias
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def render(w, size):
+    images = G.apply(gen_vars, w[:, None], noise_mode='const', method=G.synthesize)
+    return transforms.generator_to_classifier(images, crop, size, antialias)
+  return render

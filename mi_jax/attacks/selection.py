@@ -32,16 +32,18 @@ def flip_averaged_confidence(classify: Callable[[jax.Array], jax.Array], images:
 
 
 def final_scores(classify: Callable[[jax.Array], jax.Array], images: jax.Array, targets: jax.Array, key: jax.Array,
-                 iterations: int, scale=(0.5, 0.9), ratio=(0.8, 1.2)) -> jax.Array:
+                 iterations: int, scale=(0.5, 0.9), ratio=(0.8, 1.2), antialias: bool = True) -> jax.Array:
   """Mean target-class probability over `iterations` random resized crops + flips (one draw per iteration).
 
-  `images` are already framed for the target (centre crop + resize).
+  `images` are already framed for the target (centre crop + resize). The draws depend on `key` only, so
+  every batch scored with the same key sees the same crops: PPA scores a class's candidates in one batch.
   """
   size = images.shape[1]
 
   def one(key):
     crop_key, flip_key = jax.random.split(key)
-    x = transforms.random_hflip(flip_key, transforms.random_resized_crop(crop_key, images, size, scale, ratio))
+    x = transforms.random_resized_crop(crop_key, images, size, scale, ratio, antialias)
+    x = transforms.random_hflip(flip_key, x)
     return jnp.take_along_axis(jax.nn.softmax(classify(x)), targets[:, None], axis=1)[:, 0]
 
   return jnp.mean(jax.lax.map(one, jax.random.split(key, iterations)), axis=0)

@@ -66,8 +66,12 @@ def per_process_batch_size(global_batch_size: int) -> int:
 
 def train_dataset(source, data_config, global_batch_size: int, num_epochs: int, seed: int,
                   augment: bool = True) -> grain.IterDataset:
-  """Shuffled (anew each epoch), augmented (unless not `augment`), batched; this process's share of every batch."""
-  ds = grain.MapDataset.source(source).repeat(num_epochs).shuffle(seed=seed)
+  """Shuffled anew each epoch, augmented (unless not `augment`), batched; this process's share of every batch.
+
+  shuffle before repeat: each epoch is its own permutation of the split (grain draws a new order per
+  epoch), as a torch DataLoader with shuffle=True; shuffling the repeated set would mix epochs.
+  """
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
   if augment:
     ds = ds.random_map(train_transform(data_config), seed=seed)
   else:

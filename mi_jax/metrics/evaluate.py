@@ -1,83 +1,87 @@
-"""Evaluate a finished attack: attack accuracy, KNN distances, FID and the false-positive record.
+"""Evaluate a finished attack: attack accuracy, KNN distances, FID, PRDC and the false-positive record.
 
-Reads an attack workdir (`final/class_<c>.npz`, `attack.json`) and writes next to it
-  evaluation.json   attack accuracy top-1/top-5 (evaluation model), KNN distance with the
-                    evaluation model's penultimate features and, given its weight file, with
-                    FaceNet; FID (pytorch-fid's Inception given its weight file, otherwise the
-                    evaluation model's features -- the field `fid_features` says which);
+Reads an attack workdir (`final/class_<c>.npz`, `optimized/`, `attack.json`), renders the float,
+unclipped images from the latents as PPA's metrics see them (generator, centre crop, resize), and
+writes next to them
+  evaluation.json   attack accuracy top-1/top-5 of the evaluation model on the final images and on every
+                    optimised image (unfiltered, as PPA logs); KNN distance with the evaluation model's
+                    penultimate features and, given its weight file, with FaceNet; FID and PRDC
+                    (pytorch-fid's Inception given its weight file, otherwise the evaluation model's
+                    features -- the field `fid_features` says which);
   evaluation.npz    per final image: target class, the target's final-selection confidence and
                     the evaluation model's logits (for the false-positive analysis).
 
 Private reference images are the *training* split of the target's data set, classes attacked
-only (PPA: metrics/distance_metrics.py, metrics/fid_score.py). Their features do not depend on
-the attack, so `cache_dir` keeps them between evaluations (the reproduce job shares one).
+only, each resized once from the stored original to the embedder's size, as PPA does
+(Plug-and-Play-Attacks, metrics/distance_metrics.py and attack.py):
+  KNN distances   PIL Resize((s, s)) before ToTensor: antialiased bilinear, whatever the torchvision;
+  FID / PRDC      ToTensor then Resize((299, 299)): a tensor resize, antialiased or not with
+                  `antialias` (upstream PPA passes antialias=True; the RoLSS code passes nothing, which
+                  its torchvision did not antialias).
+Their features do not depend on the attack, so `cache_dir` keeps them between evaluations.
 
 FID inputs: pytorch-fid's network expects [0, 1] images and maps them to [-1, 1]. Our images
 are in [-1, 1] and go in as they are (standard FID); `fid_quirk=True` repeats PPA's extra
-2x - 1 (inputs in [-3, 1]) so that numbers are comparable with PPA's (reference/ppa.md 1.6).
+2x - 1 (inputs in [-3, 1]) so that numbers are comparable with PPA's.
 """
 
-import glob
+import dataclasses
 import hashlib
 import json
 import os
+from typing import Callable, Iterator
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from mi_jax.attacks import ppa, transforms
 from mi_jax.convert import eval_models
-from mi_jax.data import pipeline, sources
+from mi_jax.data import augment, sources
 from mi_jax.metrics import scores as scores_lib
 from mi_jax.models import inception, layers
-from mi_jax.train import reporting
+from mi_jax.train import checkpoint, reporting
+
+PRDC_K = 3  # PPA's k for precision, recall, density and coverage
 
 
 class EvaluationError(ValueError):
   """An attack workdir or evaluation input that cannot be evaluated."""
 
 
-def load_final_images(attack_workdir: str):
-  """{size: uint8 [N, S, S, C]}, targets [N], target confidences [N] of the final selection."""
-  paths = sorted(glob.glob(os.path.join(attack_workdir, 'final', 'class_*.npz')))
-  if not paths:
-    raise EvaluationError(f'{attack_workdir} holds no final images (final/class_*.npz): run the attack first')
-  images, targets, confidences = {}, [], []
-  for path in paths:
-    with np.load(path) as f:
-      cls = int(os.path.basename(path)[len('class_'):-len('.npz')])
-      for key in f.files:
-        if key.startswith('images_'):
-          images.setdefault(int(key[len('images_'):]), []).append(f[key])
-      targets.append(np.full(len(f['scores']), cls))
-      confidences.append(f['scores'])
-  return {s: np.concatenate(v) for s, v in images.items()}, np.concatenate(targets), np.concatenate(confidences)
+@dataclasses.dataclass
+class AttackImages:
+  """Attack images to evaluate: float images at any size on demand, their target classes."""
+  render: Callable[[int], np.ndarray]   # size -> float [N, size, size, C], about [-1, 1], unclipped
+  targets: np.ndarray                   # [N] attacked class of each image
+  confidences: np.ndarray | None = None  # [N] the target's final-selection confidence (final images only)
 
 
-def _to_float(images_uint8):
-  return images_uint8.astype(np.float32) / 127.5 - 1.0
+def attack_images(attack_workdir: str, antialias: bool, batch_size: int) -> tuple[AttackImages, AttackImages]:
+  """(final images, every optimised image) of the attack in `attack_workdir`, rendered from its latents.
 
-
-def images_at(stored: dict, size: int) -> np.ndarray:
-  """Final images in [-1, 1] at `size`: stored ones, else resized (antialiased) from the largest stored size."""
-  if size in stored:
-    return _to_float(stored[size])
-  largest = max(stored)
-  return np.asarray(transforms.resize(jnp.asarray(_to_float(stored[largest])), size))
+  `antialias` governs the resize to each evaluation size (PPA's create_image for the metrics).
+  """
+  try:
+    final_w, targets, confidences = ppa.final_latents(attack_workdir)
+    all_w, all_targets = ppa.optimized_latents(attack_workdir)
+    render = ppa.make_renderer(attack_workdir, antialias)
+  except ppa.AttackError as e:
+    raise EvaluationError(str(e)) from None
+  at = lambda w: lambda size: batched(lambda chunk: render(chunk, size), w, batch_size)
+  return AttackImages(at(final_w), targets, confidences), AttackImages(at(all_w), all_targets)
 
 
 def _rgb(images):
   return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
-def batched(fn, images, batch_size: int) -> np.ndarray:
-  """fn over `images` in fixed-size batches (the last one padded: one compilation)."""
+def batched(fn, inputs, batch_size: int) -> np.ndarray:
+  """fn over `inputs` in fixed-size batches (the last one padded: one compilation)."""
   out = []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
+  for start in range(0, len(inputs), batch_size):
+    chunk = inputs[start:start + batch_size]
     n = len(chunk)
     if n < batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
@@ -109,21 +113,59 @@ def classifier_functions(model, variables):
   return logits, features
 
 
-def private_images(data_config: dict, classes, size: int, batch_size: int):
-  """Training-split images of `classes` (in [-1, 1], resized to `size`) and their labels."""
+# ---------------------------------------------------------------------------- private images
+
+PIL_RESIZE = 'pil'  # PIL Resize((s, s)) of the original: antialiased bilinear
+
+
+def private_originals(data_config: dict, classes) -> Iterator[tuple[np.ndarray, int]]:
+  """(uint8 image as stored, label) of every training-split image of `classes`, in split order."""
   data_config = ml_collections.ConfigDict(data_config)
-  builder = sources.prepare(data_config)
-  source = sources.get_source(builder, data_config.train_split)
+  source = sources.get_source(sources.prepare(data_config), data_config.train_split)
   keep = set(int(c) for c in classes)
-  images, labels = [], []
-  for batch in pipeline.eval_batches(source, data_config, batch_size):
-    rows = (batch['mask'] > 0) & np.isin(batch['label'], list(keep))
-    images.append(batch['image'][rows])
-    labels.append(batch['label'][rows])
-  images, labels = np.concatenate(images), np.concatenate(labels)
-  if size != images.shape[1]:
-    images = batched(jax.jit(lambda x: transforms.resize(x, size)), images, batch_size)
-  return images, labels
+  for i in range(len(source)):
+    example = source[i]
+    if int(example['label']) in keep:
+      yield example['image'], int(example['label'])
+
+
+def resize_original(image: np.ndarray, size: int, resize) -> np.ndarray:
+  """A stored uint8 image -> float [size, size, C] in [-1, 1]: PIL's resize (`resize='pil'`), or the tensor
+  resize of torchvision's F.resize with antialias = `resize` (True/False) after ToTensor + Normalize."""
+  if resize == PIL_RESIZE:
+    return augment.normalize(augment.resize(augment.to_pil(image), size))
+  return transforms.resize(image[None].astype(np.float32) / 127.5 - 1.0, size, bool(resize), xp=np)[0]
+
+
+def private_features(data_config: dict, classes, size: int, embed, batch_size: int, resize) -> dict:
+  """{'features', 'labels'} of the private training images of `classes`, each resized once from its original
+  to `size` (resize_original) and embedded in batches (never more than a batch of images in memory)."""
+  features, labels, images = [], [], []
+
+  def flush():
+    features.append(batched(embed, np.stack(images), batch_size))
+    images.clear()
+
+  for image, label in private_originals(data_config, classes):
+    images.append(_rgb(resize_original(image, size, resize)) if embed.rgb else resize_original(image, size, resize))
+    labels.append(label)
+    if len(images) == batch_size:
+      flush()
+  if images:
+    flush()
+  if not labels:
+    raise EvaluationError(f'{data_config["name"]} has no training images of the classes {sorted(classes)}')
+  return {'features': np.concatenate(features), 'labels': np.asarray(labels)}
+
+
+@dataclasses.dataclass
+class Embedder:
+  """A jitted feature function and what its inputs need (3 channels for ImageNet-style networks)."""
+  fn: Callable
+  rgb: bool = False
+
+  def __call__(self, x):
+    return self.fn(x)
 
 
 def _cached(cache_dir: str, key: dict, compute):
@@ -141,6 +183,8 @@ def _cached(cache_dir: str, key: dict, compute):
   return arrays
 
 
+# ---------------------------------------------------------------------------- configuration
+
 def validate_metrics(metrics: ml_collections.ConfigDict):
   """Weight files named in config.metrics must exist (checked before any work)."""
   from mi_jax import jobs  # pylint: disable=g-import-not-at-top
@@ -156,89 +200,107 @@ def validate_config(config: ml_collections.ConfigDict):
   from mi_jax import jobs  # pylint: disable=g-import-not-at-top
   jobs.check_field(bool(config.evaluation.workdir), 'evaluation.workdir', config.evaluation.workdir,
                    "name the evaluation model's train workdir (configs/eval_model.py)")
+  which = str(config.evaluation.checkpoint)
+  jobs.check_field(which in ('latest', 'best') or which.isdigit(), 'evaluation.checkpoint',
+                   config.evaluation.checkpoint, f'expected {checkpoint.CHECKPOINT_CHOICES}')
   validate_metrics(config.metrics)
 
 
 def evaluate_job(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The `evaluate` job: the workdir is a finished attack's."""
-  m = config.metrics
-  return evaluate_attack(workdir, config.evaluation.workdir, m.facenet_file, m.fid_inception_file, m.fid_quirk,
-                         m.batch_size, m.cache_dir)
+  return evaluate_attack(workdir, config.evaluation.workdir, config.metrics, config.evaluation.checkpoint)
 
 
-def evaluate_attack(attack_workdir: str,
-                    evaluation_workdir: str,
-                    facenet_file: str = '',
-                    fid_inception_file: str = '',
-                    fid_quirk: bool = False,
-                    batch_size: int = 64,
-                    cache_dir: str = '') -> dict:
-  """Computes the metrics of one attack and writes evaluation.json / evaluation.npz into its workdir."""
-  attack_path = os.path.join(attack_workdir, 'attack.json')
-  if not os.path.exists(attack_path):
+# ---------------------------------------------------------------------------- evaluation
+
+def evaluate_attack(attack_workdir: str, evaluation_workdir: str, metrics: ml_collections.ConfigDict,
+                    evaluation_checkpoint: str = 'latest') -> dict:
+  """Computes the metrics of one attack and writes evaluation.json / evaluation.npz into its workdir.
+
+  `metrics` is a config.metrics section (configs/evaluate.py).
+  """
+  attack = ppa.read_attack(attack_workdir) if os.path.exists(os.path.join(attack_workdir, 'attack.json')) else None
+  if attack is None:
     raise EvaluationError(f'{attack_workdir} holds no attack.json: the attack has not finished')
-  with open(attack_path) as f:
-    attack = json.load(f)
-  stored, targets, confidences = load_final_images(attack_workdir)
-  classes = sorted(set(targets.tolist()))
-  data_config = attack['target_config']['data']
+  final, unfiltered = attack_images(attack_workdir, metrics.antialias, metrics.batch_size)
+  results, records = evaluate_images(final, unfiltered, attack['target_config']['data'], evaluation_workdir, metrics,
+                                     evaluation_checkpoint)
+  reporting.save_npz(os.path.join(attack_workdir, 'evaluation.npz'), **records)
+  reporting.write_json(os.path.join(attack_workdir, 'evaluation.json'), results)
+  logging.info('Evaluation of %s: %s', attack_workdir, results)
+  return results
 
-  eval_model, eval_vars, eval_saved = ppa.load_target(os.path.expanduser(evaluation_workdir))
+
+def evaluate_images(final: AttackImages, unfiltered: AttackImages | None, data_config: dict, evaluation_workdir: str,
+                    metrics: ml_collections.ConfigDict, evaluation_checkpoint: str = 'latest'):
+  """(results, per-image records) of attack images against the private data described by `data_config`."""
+  batch_size, cache_dir = metrics.batch_size, metrics.cache_dir
+  classes = sorted(set(final.targets.tolist()))
+  evaluation_workdir = os.path.abspath(os.path.expanduser(evaluation_workdir))
+  try:
+    eval_model, eval_vars, eval_saved, eval_step, _ = checkpoint.load_classifier(evaluation_workdir,
+                                                                                 evaluation_checkpoint)
+  except (FileNotFoundError, checkpoint.CheckpointError) as e:
+    raise EvaluationError(f'the evaluation model: {e}') from None
   if eval_saved['data']['name'] != data_config['name']:
     raise EvaluationError(f'the evaluation model in {evaluation_workdir} was trained on {eval_saved["data"]["name"]}, '
                           f'the target on {data_config["name"]}')
   eval_size = eval_saved['data']['image_size']
   eval_logits_fn, eval_features_fn = classifier_functions(eval_model, eval_vars)
-  fakes_eval = images_at(stored, eval_size)
+  fakes_eval = final.render(eval_size)
   logits = batched(eval_logits_fn, fakes_eval, batch_size)
-  accuracy = scores_lib.attack_accuracy(logits, targets)
-  results = {'attack_acc_top1': accuracy['top1'], 'attack_acc_top5': accuracy['top5'], 'images': int(len(targets)),
-             'classes': len(classes)}
+  accuracy = scores_lib.attack_accuracy(logits, final.targets)
+  results = {'attack_acc_top1': accuracy['top1'], 'attack_acc_top5': accuracy['top5'], 'images': int(len(final.targets)),
+             'classes': len(classes), 'evaluation_step': int(eval_step)}
+  if unfiltered is not None:
+    accuracy = scores_lib.attack_accuracy(batched(eval_logits_fn, unfiltered.render(eval_size), batch_size),
+                                          unfiltered.targets)
+    results.update(attack_acc_unfiltered_top1=accuracy['top1'], attack_acc_unfiltered_top5=accuracy['top5'],
+                   images_unfiltered=int(len(unfiltered.targets)))
 
   # KNN distance, evaluation-model features. The private features are the same for every attack.
-  key = {'what': 'evaluation_features', 'model': os.path.abspath(os.path.expanduser(evaluation_workdir)),
-         'data': data_config, 'classes': classes}
-
-  def private_eval_features():
-    images, labels = private_images(data_config, classes, eval_size, batch_size)
-    return {'features': batched(eval_features_fn, images, batch_size), 'labels': labels}
-  private = _cached(cache_dir, key, private_eval_features)
+  key = {'what': 'evaluation_features', 'model': evaluation_workdir, 'step': int(eval_step), 'data': data_config,
+         'classes': classes}
+  private = _cached(cache_dir, key, lambda: private_features(data_config, classes, eval_size,
+                                                             Embedder(eval_features_fn), batch_size, PIL_RESIZE))
   fake_eval_features = batched(eval_features_fn, fakes_eval, batch_size)
-  results['knn_dist_eval'] = scores_lib.knn_distance(fake_eval_features, targets, private['features'],
+  results['knn_dist_eval'] = scores_lib.knn_distance(fake_eval_features, final.targets, private['features'],
                                                      private['labels'])
 
-  if facenet_file:
-    module, variables = eval_models.import_facenet(facenet_file)
-    embed = jax.jit(lambda x: module.apply(variables, x, train=False))
+  if metrics.facenet_file:
+    module, variables = eval_models.import_facenet(metrics.facenet_file)
+    embed = Embedder(jax.jit(lambda x: module.apply(variables, x, train=False)), rgb=True)
     size = eval_models.FACENET_SIZE
-    private_face = _cached(cache_dir, {**key, 'what': 'facenet_features', 'model': facenet_file}, lambda: {
-        'features': batched(embed, _rgb(private_images(data_config, classes, size, batch_size)[0]), batch_size)})
-    results['knn_dist_facenet'] = scores_lib.knn_distance(batched(embed, _rgb(images_at(stored, size)), batch_size),
-                                                          targets, private_face['features'], private['labels'])
+    private_face = _cached(cache_dir, {**key, 'what': 'facenet_features', 'model': metrics.facenet_file},
+                           lambda: private_features(data_config, classes, size, embed, batch_size, PIL_RESIZE))
+    results['knn_dist_facenet'] = scores_lib.knn_distance(batched(embed, _rgb(final.render(size)), batch_size),
+                                                          final.targets, private_face['features'],
+                                                          private_face['labels'])
 
-  if fid_inception_file:
-    module, variables = eval_models.import_fid_inception(fid_inception_file)
-    pool3 = jax.jit(lambda x: module.apply(variables, fid_inputs(x, fid_quirk), train=False, features_only=True))
+  if metrics.fid_inception_file:
+    module, variables = eval_models.import_fid_inception(metrics.fid_inception_file)
+    pool3 = Embedder(jax.jit(lambda x: module.apply(variables, fid_inputs(x, metrics.fid_quirk), train=False,
+                                                    features_only=True)), rgb=True)
     size = eval_models.FID_SIZE
-    private_fid = _cached(cache_dir, {**key, 'what': 'fid_features', 'model': fid_inception_file, 'quirk': fid_quirk},
-                          lambda: {'features': batched(pool3, _rgb(private_images(data_config, classes, size,
-                                                                                  batch_size)[0]), batch_size)})
-    real, fake = private_fid['features'], batched(pool3, _rgb(images_at(stored, size)), batch_size)
-    results['fid_features'] = 'inception_quirk' if fid_quirk else 'inception'
+    private_fid = _cached(cache_dir, {**key, 'what': 'fid_features', 'model': metrics.fid_inception_file,
+                                      'quirk': metrics.fid_quirk, 'antialias': metrics.antialias},
+                          lambda: private_features(data_config, classes, size, pool3, batch_size, metrics.antialias))
+    real, real_labels = private_fid['features'], private_fid['labels']
+    fake = batched(pool3, _rgb(final.render(size)), batch_size)
+    results['fid_features'] = 'inception_ppa_inputs' if metrics.fid_quirk else 'inception'
   else:
-    real, fake = private['features'], fake_eval_features
+    real, real_labels, fake = private['features'], private['labels'], fake_eval_features
     results['fid_features'] = 'evaluation_model'
   results['fid'] = scores_lib.frechet_distance(*scores_lib.gaussian_statistics(fake),
                                                *scores_lib.gaussian_statistics(real))
+  results.update(scores_lib.per_class_prdc(real, real_labels, fake, final.targets, PRDC_K))
 
   # False positives: images the target accepts (final confidence > 0.5) that the evaluation model rejects.
-  accepted = confidences > 0.5
-  rejected = np.argmax(logits, -1) != targets
-  results['target_accepts'] = float(np.mean(accepted))
-  results['false_positive_rate'] = float(np.mean(rejected[accepted])) if accepted.any() else float('nan')
-
-  reporting.save_npz(os.path.join(attack_workdir, 'evaluation.npz'), targets=targets, target_confidence=confidences,
-                     eval_logits=logits)
-  reporting.write_json(os.path.join(attack_workdir, 'evaluation.json'), results)
-  logging.info('Evaluation of %s: %s', attack_workdir, results)
-  return results
+  records = {'targets': final.targets, 'eval_logits': logits}
+  if final.confidences is not None:
+    accepted = final.confidences > 0.5
+    rejected = np.argmax(logits, -1) != final.targets
+    results['target_accepts'] = float(np.mean(accepted))
+    results['false_positive_rate'] = float(np.mean(rejected[accepted])) if accepted.any() else float('nan')
+    records['target_confidence'] = final.confidences
+  return results, records

@@ -5,6 +5,7 @@
                     feature of the same class (PPA metrics/distance_metrics.py)
   frechet_distance  FID between two Gaussians fitted to Inception features (pytorch-fid's formula)
   delta_ratio       Δ = (AttAcc_nodef - AttAcc_def) / (Acc_nodef - Acc_def), higher is better
+  prdc              precision, recall, density, coverage (Naeem et al., ICML 2020), per class as PPA
 """
 
 import numpy as np
@@ -71,3 +72,52 @@ def delta_ratio(acc_nodef: float, attack_acc_nodef: float, acc_def: float, attac
   if acc_drop == 0:
     return float('nan') if attack_drop == 0 else float(np.sign(attack_drop) * np.inf)
   return attack_drop / acc_drop
+
+
+def _pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Euclidean distances [len(a), len(b)] in float64."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  d2 = np.sum(a ** 2, 1)[:, None] - 2 * a @ b.T + np.sum(b ** 2, 1)[None, :]
+  return np.sqrt(np.maximum(d2, 0.0))
+
+
+def _kth_neighbour_radii(features: np.ndarray, k: int) -> np.ndarray:
+  """Distance of each point to its k-th nearest other point (itself, at distance 0, is the 0-th)."""
+  if len(features) <= k:
+    return np.full(len(features), np.nan)
+  return np.partition(_pairwise_distances(features, features), k, axis=1)[:, k]
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
+  """Precision, recall, density and coverage of `fake` against `real` features (Naeem et al. 2020).
+
+  With r(x) the distance from x to its k-th nearest neighbour in its own set and B(x, r) the open ball:
+    precision = share of fakes inside some real ball B(r_i, r(r_i));
+    recall    = share of reals inside some fake ball (NaN with <= k fakes: no radius);
+    density   = mean over fakes of the number of real balls containing it, / k;
+    coverage  = share of reals whose nearest fake lies inside their own ball.
+  PPA's metrics/prcd.py differs: precision and recall test only the nearest point's ball, and density
+  divides by the number of reals instead of fakes.
+  """
+  if len(real) <= k:
+    raise ValueError(f'PRDC with k={k} needs more than {k} real samples, got {len(real)}')
+  real_radii, fake_radii = _kth_neighbour_radii(real, k), _kth_neighbour_radii(fake, k)
+  distance = _pairwise_distances(real, fake)  # [reals, fakes]
+  inside_real = distance < real_radii[:, None]
+  recall = float(np.mean(np.any(distance < fake_radii[None, :], axis=1))) if len(fake) > k else float('nan')
+  return {'precision': float(np.mean(np.any(inside_real, axis=0))),
+          'recall': recall,
+          'density': float(np.mean(np.sum(inside_real, axis=0)) / k),
+          'coverage': float(np.mean(distance.min(axis=1) < real_radii))}
+
+
+def per_class_prdc(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
+                   k: int = 3) -> dict[str, float]:
+  """prdc within each attacked class, averaged over the classes (PPA's protocol), keys prefixed 'prdc_'."""
+  real_labels, fake_labels = np.asarray(real_labels), np.asarray(fake_labels)
+  per_class = [prdc(real[real_labels == c], fake[fake_labels == c], k) for c in np.unique(fake_labels)]
+  out = {}
+  for name in ('precision', 'recall', 'density', 'coverage'):
+    values = np.array([p[name] for p in per_class])
+    out[f'prdc_{name}'] = float(np.nanmean(values)) if np.any(~np.isnan(values)) else float('nan')
+  return out

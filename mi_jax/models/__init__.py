@@ -18,6 +18,23 @@ def model_names() -> list[str]:
           ['mobilenet_v2'] + sorted(convnext.CONVNEXT_CONFIGS) + ['inception_v3'])
 
 
+def num_skip_stages(name: str) -> int:
+  """How many skip settings config.model.skip takes for the model `name` (one per stage, block or group)."""
+  if name in resnet.RESNET_STAGES:
+    return len(resnet.RESNET_STAGES[name][0])
+  if name in densenet.DENSENET_CONFIGS:
+    return len(densenet.DENSENET_CONFIGS[name][1])
+  if name in repvgg.REPVGG_CONFIGS:
+    return len(repvgg.REPVGG_CONFIGS[name][0])
+  if name in convnext.CONVNEXT_CONFIGS:
+    return len(convnext.CONVNEXT_CONFIGS[name][0])
+  if name == 'inception_v3':
+    return 0  # the evaluation model: no skip control
+  if name == 'mobilenet_v2':
+    return len(mobilenet.INVERTED_RESIDUAL_SETTING)
+  raise ValueError(f'config.model.name={name!r} is not a known model; known: {", ".join(model_names())}')
+
+
 def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
   """Returns the Flax module that `model_config` (config.model) describes.
 
@@ -29,18 +46,7 @@ def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
   if model_config.dtype not in _DTYPES:
     raise ValueError(f'config.model.dtype={model_config.dtype!r}: expected one of {sorted(_DTYPES)}')
   skip = tuple(model_config.skip)
-  if name in resnet.RESNET_STAGES:
-    num_stages = len(resnet.RESNET_STAGES[name][0])
-  elif name in densenet.DENSENET_CONFIGS:
-    num_stages = len(densenet.DENSENET_CONFIGS[name][1])
-  elif name in repvgg.REPVGG_CONFIGS:
-    num_stages = len(repvgg.REPVGG_CONFIGS[name][0])
-  elif name in convnext.CONVNEXT_CONFIGS:
-    num_stages = len(convnext.CONVNEXT_CONFIGS[name][0])
-  elif name == 'inception_v3':
-    num_stages = 0  # the evaluation model: no skip control
-  else:
-    num_stages = len(mobilenet.INVERTED_RESIDUAL_SETTING)
+  num_stages = num_skip_stages(name)
   if len(skip) != num_stages:
     raise ValueError(f'config.model.skip={skip} has {len(skip)} entries; {name} has {num_stages} stages')
   for setting in skip:
@@ -48,6 +54,11 @@ def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
       skip_lib.parse_skip(setting)
     except ValueError as e:
       raise ValueError(f'config.model.skip: {e}') from None
+  # Family-specific options: a value other than the neutral one on another family is a mistake.
+  for field, neutral, family in (('transform_input', False, 'inception_v3'), ('aux_logits', False, 'inception_v3'),
+                                 ('legacy_stage3_split', 1.0, 'resnet')):
+    if model_config.get(field, neutral) != neutral and not name.startswith(family):
+      raise ValueError(f'config.model.{field}={model_config[field]!r} applies to {family} models only, not {name}')
   if name in convnext.CONVNEXT_CONFIGS:
     depths, dims, stochastic_depth = convnext.CONVNEXT_CONFIGS[name]
     if model_config.width:  # demos: stage widths width, 2*width, 4*width, 8*width
@@ -80,7 +91,10 @@ def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
                          width=model_config.width,
                          dtype=_DTYPES[model_config.dtype])
   if name == 'inception_v3':
-    return inception.Inception3(num_classes=model_config.num_classes, dtype=_DTYPES[model_config.dtype])
+    return inception.Inception3(num_classes=model_config.num_classes,
+                                transform_input=model_config.get('transform_input', False),
+                                aux_logits=model_config.get('aux_logits', False),
+                                dtype=_DTYPES[model_config.dtype])
   if name in densenet.DENSENET_CONFIGS:
     mode = model_config.skip_mode
     if mode not in ('truncate', 'scale'):
@@ -94,16 +108,21 @@ def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
                              num_classes=model_config.num_classes,
                              skip=skip,
                              skip_mode=mode,
-                             width=model_config.width or 64,
+                             width=model_config.width,  # 0 = the architecture's own (DenseNet-161: 96 / 48)
                              stem=model_config.stem,
                              dtype=_DTYPES[model_config.dtype])
   stage_sizes, block_cls = resnet.RESNET_STAGES[name]
+  try:
+    resnet.legacy_split_start(stage_sizes[2], model_config.get('legacy_stage3_split', 1.0))
+  except ValueError as e:
+    raise ValueError(f'config.model.{e}') from None
   return resnet.ResNet(stage_sizes=stage_sizes,
                        block_cls=block_cls,
                        num_classes=model_config.num_classes,
                        skip=skip,
                        width=model_config.width or 64,
                        stem=model_config.stem,
+                       legacy_stage3_split=model_config.get('legacy_stage3_split', 1.0),
                        dtype=_DTYPES[model_config.dtype])
 
 

@@ -1,21 +1,27 @@
 """Inception-v3 in Flax: torchvision's layout (the evaluation model) and pytorch-fid's FID variant.
 
 Parameter names mirror the torch state-dict keys (`Mixed_5b/branch1x1/conv`,
-`.../bn`), so torchvision and pytorch-fid files map one to one
-(mi_jax.convert.torchvision, kind 'generic').
+`.../bn`, `AuxLogits/conv0/conv`), so torchvision and pytorch-fid files map one to
+one (mi_jax.convert.torchvision, kind 'generic').
 
-  Inception3(num_classes)          torchvision's inception_v3 without the auxiliary head,
-                                   inputs in [-1, 1] (transform_input=False; see below).
+  Inception3(num_classes, transform_input=True, aux_logits=True)
+                                   torchvision's inception_v3 as PPA trains its evaluation
+                                   model (ImageNet weights force transform_input=True): inputs
+                                   in [-1, 1] are re-normalised per channel to ImageNet's
+                                   statistics, and in training the auxiliary head's logits
+                                   come second, (logits, aux_logits), for the auxiliary loss
+                                   (weighted by config.train.aux_loss_weight).
   Inception3(..., fid=True)        pytorch-fid's FID network: average pools that do not count
                                    padding in Mixed_5*/6b-e/7b and a max pool in Mixed_7c.
   model.apply(v, x, features_only=True)  the 2048-d pooled features (FID's pool3, PPA's
                                    evaluation-feature KNN distance).
 
-Deviations from PPA's evaluation model, on purpose: no auxiliary classifier (PPA trains it
-with one and drops it at attack time; weight files with `AuxLogits.*` import with them
-dropped), and one input convention, [-1, 1] with transform_input=False, in training and in
-evaluation (PPA trains with torchvision's transform_input=True and evaluates without it,
-reference/ppa.md 1.7).
+Evaluation uses the main logits only, as torchvision's eval mode does. The RoLSS code
+rebuilds its evaluation model with ImageNet weights before loading the file, so it
+evaluates with transform_input=True as trained; upstream PPA rebuilds it without them and
+evaluates with transform_input=False (Struppek et al., Plug-and-Play-Attacks,
+utils/attack_config_parser.py create_evaluation_model). `transform_input` is a field of the
+model config, so both can be had.
 """
 
 from typing import Any, Sequence
@@ -24,6 +30,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 BN_EPSILON = 1e-3  # torchvision BasicConv2d
+
+# torchvision's transform_input: inputs normalised with mean = std = 0.5 are mapped to ImageNet's statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def transform_input(x):
+  """x_c * std_c / 0.5 + (mean_c - 0.5) / 0.5 per RGB channel (torchvision Inception3._transform_input)."""
+  std = jnp.asarray(IMAGENET_STD, x.dtype) / 0.5
+  mean = (jnp.asarray(IMAGENET_MEAN, x.dtype) - 0.5) / 0.5
+  return x * std + mean
 
 
 class BasicConv(nn.Module):
@@ -141,20 +158,45 @@ class InceptionE(nn.Module):
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
+class InceptionAux(nn.Module):
+  """torchvision's auxiliary classifier on the 768-channel Mixed_6e output (training only)."""
+  num_classes: int
+  conv: Any = BasicConv
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if x.shape[1] < 17 or x.shape[2] < 17:  # its 5x5 conv needs a 5x5 map after the 5x5/3 pool
+      raise ValueError(f'the auxiliary head needs a Mixed_6e output of at least 17x17 (299px inputs), '
+                       f'got {x.shape[1]}x{x.shape[2]}')
+    x = nn.avg_pool(x, (5, 5), strides=(3, 3))
+    x = self.conv(128, (1, 1), name='conv0')(x)
+    x = self.conv(768, (5, 5), name='conv1')(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
+
+
 class Inception3(nn.Module):
   """Inception-v3; inputs NHWC in [-1, 1], at least 75x75 (299x299 in the paper)."""
   num_classes: int                # 1008 for the FID network's (unused) head.
   fid: bool = False               # pytorch-fid's FID variant of the pools.
+  transform_input: bool = False   # torchvision's re-normalisation of [-1, 1] inputs to ImageNet statistics.
+  aux_logits: bool = False        # The auxiliary head (its logits are returned in training only).
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False, features_only: bool = False):
-    """[N, H, W, 3] -> logits, or with `features_only` the 2048-d average-pooled Mixed_7c output."""
+    """[N, H, W, 3] -> logits, or with `features_only` the 2048-d average-pooled Mixed_7c output.
+
+    With `aux_logits` and `train`: (logits, auxiliary logits).
+    """
     if x.shape[1] < 75 or x.shape[2] < 75:
       raise ValueError(f'Inception-v3 needs inputs of at least 75x75, got {x.shape[1]}x{x.shape[2]}')
     conv = lambda *a, **k: BasicConv(*a, train=train, dtype=self.dtype, **k)
     x = jnp.asarray(x, self.dtype)
+    if self.transform_input:
+      x = transform_input(x)
     x = conv(32, (3, 3), strides=2, name='Conv2d_1a_3x3')(x)
     x = conv(32, (3, 3), name='Conv2d_2a_3x3')(x)
     x = conv(64, (3, 3), padding=(1, 1), name='Conv2d_2b_3x3')(x)
@@ -170,6 +212,9 @@ class Inception3(nn.Module):
     x = InceptionC(160, self.fid, conv, name='Mixed_6c')(x)
     x = InceptionC(160, self.fid, conv, name='Mixed_6d')(x)
     x = InceptionC(192, self.fid, conv, name='Mixed_6e')(x)
+    aux = None
+    if self.aux_logits and (train or self.is_initializing()):  # the head owns params whether or not it runs
+      aux = InceptionAux(self.num_classes, conv, self.dtype, name='AuxLogits')(x)
     x = InceptionD(conv, name='Mixed_7a')(x)
     x = InceptionE('avg_exclude_pad' if self.fid else 'avg', conv, name='Mixed_7b')(x)
     x = InceptionE('max' if self.fid else 'avg', conv, name='Mixed_7c')(x)
@@ -177,4 +222,5 @@ class Inception3(nn.Module):
     if features_only:
       return x
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
+    return (logits, aux) if self.aux_logits and train else logits

@@ -15,6 +15,13 @@ Skip control. Every stage takes one setting, shared by all of its blocks:
 Removing or scaling a skip never changes the parameter tree (a removed
 projection still owns its params, they just receive no gradient), so weights
 move freely between variants; only 'learn' adds one scalar `skip_scale_stage{i}`.
+
+`legacy_stage3_split` reproduces a leftover of the released RoLSS code
+(Pillowkoh/RoLSS, models/torchvision/models/resnet.py: `layer3` is built with
+`split=0.8`): the stage-3 blocks from index int(split * n) on (never the first)
+lose their skip whatever the config says, in every model built with that file
+(ResNet-18: 1 of 2, ResNet-34/50: 2 of 6, ResNet-101: 5 of 23, ResNet-152: 8 of
+36). 1.0 (the default) turns it off; 0.8 gives numbers made with that file.
 """
 
 from typing import Any, Callable, Sequence
@@ -95,11 +102,13 @@ class ResNet(nn.Module):
   skip: Sequence[Any] = (1.0, 1.0, 1.0, 1.0)  # Per-stage skip setting, see the module docstring.
   width: int = 64                     # Channels of the stem and stage 1 (torchvision: 64).
   stem: str = 'imagenet'              # 'imagenet': 7x7/2 conv + 3x3/2 max-pool; 'small': 3x3/1 conv, no pool (<= 64px inputs).
+  legacy_stage3_split: float = 1.0    # The RoLSS release's split=0.8 leftover (module docstring); 1.0 = off.
   dtype: Any = jnp.float32            # Computation dtype; params stay float32.
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     skip_lib.check_count(self.skip, len(self.stage_sizes))
+    plain_from = legacy_split_start(self.stage_sizes[2], self.legacy_stage3_split)
     norm = layers.batch_norm(train, self.dtype)
     x = jnp.asarray(x, self.dtype)
     if self.stem == 'imagenet':
@@ -123,12 +132,27 @@ class ResNet(nn.Module):
                                norm=norm,
                                dtype=self.dtype,
                                name=f'layer{i + 1}_{j}')
-        x = block(x, skip_scale)
+        x = block(x, 0.0 if i == 2 and j >= plain_from else skip_scale)
         layers.sow_hidden(self, x)
 
     x = jnp.mean(x, axis=(1, 2))
     layers.sow_hidden(self, x)
     return nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
+
+
+def legacy_split_start(num_blocks: int, split: float) -> int:
+  """Index of the first stage-3 block the RoLSS release builds without a skip (num_blocks = none).
+
+  Its `_make_layer` builds block 0 with the configured skip, blocks 1 .. int(split * n) - 1 likewise
+  and the rest with skip 0; int(split * n) < 1 would make it build an extra block, so it is refused.
+  """
+  if not 0.0 < split <= 1.0:
+    raise ValueError(f'legacy_stage3_split={split}: expected a value in (0, 1] (1 = off; the release used 0.8)')
+  start = int(split * num_blocks)
+  if start < 1:
+    raise ValueError(f'legacy_stage3_split={split} keeps int({split} * {num_blocks}) = {start} stage-3 blocks; the '
+                     'released code would then build an extra block: expected at least 1')
+  return start
 
 
 RESNET_STAGES = {

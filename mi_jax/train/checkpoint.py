@@ -12,6 +12,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from mi_jax import models
+
 BEST_METRIC = 'test_accuracy'
 
 
@@ -76,6 +78,10 @@ class Checkpointer:
           f'({type(e).__name__}: {str(e)[:500]}). Use a fresh --workdir or the config it was written with.') from e
     return restored.state, restored.data, restored.config
 
+  def metrics(self, step: int) -> dict:
+    """The test metrics saved with the checkpoint at `step` ({} if none were)."""
+    return dict(self._manager.metrics(step) or {})
+
   def restore_config(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
 
@@ -99,10 +105,43 @@ def latest_step_in(workdir: str):
     return mngr.latest_step()
 
 
+def _read_only_manager(workdir: str) -> ocp.CheckpointManager:
+  """A manager that reads the run in `workdir` (best step and metrics included) and never writes or cleans."""
+  options = ocp.CheckpointManagerOptions(create=False, read_only=True, best_fn=lambda m: m[BEST_METRIC],
+                                         best_mode='max')
+  return ocp.CheckpointManager(os.path.abspath(checkpoint_dir(workdir)), options=options)
+
+
+CHECKPOINT_CHOICES = "'latest', 'best' (highest test accuracy) or a step number"
+
+
+def resolve_step(workdir: str, which='latest') -> tuple[int, dict]:
+  """(step, its saved test metrics) of the checkpoint `which` names in the run in `workdir`.
+
+  `which`: 'latest', 'best' (the highest test accuracy, the checkpoint the RoLSS code keeps),
+  or a step number (int or digits).
+  """
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    raise FileNotFoundError(f'{workdir} holds no checkpoints/ directory: train a classifier there first')
+  with _read_only_manager(workdir) as mngr:
+    if which == 'latest':
+      step = mngr.latest_step()
+    elif which == 'best':
+      step = mngr.best_step()
+    elif str(which).isdigit():
+      step = int(which)
+      if step not in mngr.all_steps():
+        raise CheckpointError(f'{workdir} has no checkpoint at step {step}; it has {sorted(mngr.all_steps())}')
+    else:
+      raise CheckpointError(f'checkpoint {which!r}: expected {CHECKPOINT_CHOICES}')
+    if step is None:
+      raise FileNotFoundError(f'{workdir} holds no complete checkpoint')
+    return step, dict(mngr.metrics(step) or {})
+
+
 def load_config(workdir: str, step: int) -> dict:
   """The config dict saved with the run in `workdir` at `step`, read without touching the directory."""
-  with ocp.CheckpointManager(os.path.abspath(checkpoint_dir(workdir)),
-                             options=ocp.CheckpointManagerOptions(create=False, read_only=True)) as mngr:
+  with _read_only_manager(workdir) as mngr:
     return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
 
 
@@ -113,6 +152,18 @@ def load_variables(workdir: str, step: int | None = None) -> dict:
     raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
   state = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(checkpoint_dir(workdir), str(step), 'state')))
   return {'params': state['params'], 'batch_stats': state['batch_stats']}
+
+
+def load_classifier(workdir: str, which='latest'):
+  """(model, {'params', 'batch_stats'}, saved config dict, step, test metrics) of a classifier trained in `workdir`.
+
+  `which` as in resolve_step: 'latest', 'best' or a step number. The model is rebuilt from the config
+  saved with the checkpoint.
+  """
+  step, metrics = resolve_step(workdir, which)
+  saved = load_config(workdir, step)
+  model = models.build_model(ml_collections.ConfigDict(saved['model']))
+  return model, load_variables(workdir, step), saved, step, metrics
 
 
 def abstract_like(tree):

@@ -14,7 +14,22 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def train_step(state, batch, learning_rate_fn, regularizer=None):
+def classification_loss(outputs, labels, aux_loss_weight: float = 1.0):
+  """(logits, mean cross-entropy, metrics) of a model's training outputs.
+
+  A model with an auxiliary head (Inception-v3 with aux_logits) returns (logits, aux_logits) in
+  training; its loss is CE + aux_loss_weight * CE(aux). PPA and the RoLSS code add the two with
+  weight 1 (models/classifier.py: `loss = main_loss + aux_loss`); torchvision's reference
+  training script uses 0.4.
+  """
+  if isinstance(outputs, tuple):
+    logits, aux_logits = outputs
+    main, aux = cross_entropy(logits, labels).mean(), cross_entropy(aux_logits, labels).mean()
+    return logits, main + aux_loss_weight * aux, {'main_cross_entropy': main, 'aux_cross_entropy': aux}
+  return outputs, cross_entropy(outputs, labels).mean(), {}
+
+
+def train_step(state, batch, learning_rate_fn, regularizer=None, aux_loss_weight: float = 1.0):
   """Forward/backward on one global batch, BN statistics over the whole batch.
 
   `regularizer(images, labels, hidden)` -> (loss, metrics), if given, adds a term
@@ -23,16 +38,15 @@ def train_step(state, batch, learning_rate_fn, regularizer=None):
   mutable = ['batch_stats'] + ([layers.HIDDEN_COLLECTION] if regularizer is not None else [])
 
   def loss_fn(params):
-    logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
-                                     batch['image'],
-                                     train=True,
-                                     mutable=mutable,
-                                     rngs={'dropout': jax.random.fold_in(state.rng, state.step)})
-    loss = cross_entropy(logits, batch['label']).mean()
-    extra = {}
+    outputs, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
+                                      batch['image'],
+                                      train=True,
+                                      mutable=mutable,
+                                      rngs={'dropout': jax.random.fold_in(state.rng, state.step)})
+    logits, loss, extra = classification_loss(outputs, batch['label'], aux_loss_weight)
     if regularizer is not None:
-      penalty, extra = regularizer(batch['image'], batch['label'], updates.get(layers.HIDDEN_COLLECTION, {}))
-      extra = {'cross_entropy': loss, **extra}
+      penalty, penalty_metrics = regularizer(batch['image'], batch['label'], updates.get(layers.HIDDEN_COLLECTION, {}))
+      extra = {'cross_entropy': loss, **extra, **penalty_metrics}
       loss = loss + penalty
     return loss, (logits, updates['batch_stats'], extra)
 
@@ -62,10 +76,11 @@ def eval_step(state, batch):
   }
 
 
-def compile_steps(mesh, learning_rate_fn, regularizer=None):
+def compile_steps(mesh, learning_rate_fn, regularizer=None, aux_loss_weight: float = 1.0):
   """jit both steps: state replicated (and donated), batches split over the 'data' axis."""
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
-  p_train_step = jax.jit(functools.partial(train_step, learning_rate_fn=learning_rate_fn, regularizer=regularizer),
+  p_train_step = jax.jit(functools.partial(train_step, learning_rate_fn=learning_rate_fn, regularizer=regularizer,
+                                           aux_loss_weight=aux_loss_weight),
                          in_shardings=(repl, data),
                          out_shardings=(repl, repl),
                          donate_argnums=0)

@@ -69,13 +69,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   state = state_lib.create_train_state(model, tx, (1, config.data.image_size, config.data.image_size, channels),
                                        config.seed)
   regularizer = bido.make_regularizer(config.bido, num_classes) if bido.is_enabled(config.bido) else None
-  train_step, eval_step = steps.compile_steps(mesh, learning_rate_fn, regularizer)
+  train_step, eval_step = steps.compile_steps(mesh, learning_rate_fn, regularizer, config.train.aux_loss_weight)
 
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints)
   data_state = None
   start_step = ckpt.latest_step() or 0
+  imported = total_steps == 0  # train.epochs = 0: the init_file is the model, used as it is
   if init_variables is None and config.model.init_file:
-    init_variables = functools.partial(convert.init_from_file, config.model)
+    init_variables = functools.partial(convert.init_from_file, config.model, as_is=imported)
   if not start_step and init_variables is not None:
     start = init_variables({'params': state.params, 'batch_stats': state.batch_stats})
     state = state.replace(params=start['params'], batch_stats=start['batch_stats'])
@@ -85,8 +86,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state, data_state, _ = ckpt.restore(start_step, checkpoint.abstract_like(state))
     logging.info('Resuming from %s/checkpoints/%d (epoch %.2f)', workdir, start_step, start_step / steps_per_epoch)
 
-  train_iter = iter(pipeline.train_dataset(train_source, config.data, batch_size, config.train.epochs, config.seed))
-  if data_state is not None:
+  train_iter = None if imported else iter(pipeline.train_dataset(train_source, config.data, batch_size,
+                                                                   config.train.epochs, config.seed))
+  if data_state is not None and train_iter is not None:
     train_iter.set_state(data_state)
 
   writer = reporting.MetricWriter(workdir, resume_step=start_step)
@@ -128,11 +130,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       on_step(step)
 
   ckpt.wait()
-  if not test_metrics:  # resumed a finished run: report its final state
+  if not test_metrics:  # resumed a finished run (or an imported model): report its final state
     test_metrics = evaluate(eval_step, state, test_source, config.data, batch_size, mesh)
+  if imported and ckpt.latest_step() is None:
+    ckpt.save(0, state, {}, config, test_metrics)
+    ckpt.wait()
+  best_step = ckpt.best_step()
   results = {**{k: float(v) for k, v in test_metrics.items()},
-             'step': total_steps, 'best_step': ckpt.best_step(), 'num_classes': num_classes,
-             'train_examples': len(train_source), 'test_examples': len(test_source)}
+             'step': total_steps, 'best_step': best_step,
+             'best': {k: float(v) for k, v in ckpt.metrics(best_step).items()} if best_step is not None else {},
+             'num_classes': num_classes, 'train_examples': len(train_source), 'test_examples': len(test_source),
+             'steps_per_epoch': steps_per_epoch}
   reporting.write_results(workdir, results)
   writer.close()
   ckpt.close()
