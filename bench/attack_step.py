@@ -41,7 +41,8 @@ SETUPS = {
 }
 
 
-def make_run(setup, num_devices, batch, steps):
+def build(setup, num_devices, batch, steps):
+  """(jitted PPA optimisation, its arguments) for a setup: random generator and ResNet-18 target."""
   gen_config = networks.GeneratorConfig(**setup['gen'])
   G = networks.Generator(gen_config)
   gen_vars = jax.jit(G.init)(jax.random.key(0), jnp.zeros((1, gen_config.z_dim)))
@@ -64,10 +65,15 @@ def make_run(setup, num_devices, batch, steps):
                       batch_sharded)
   targets = jax.device_put(np.arange(batch, dtype=np.int32) % 10, batch_sharded)
   valid = jax.device_put(np.ones(batch, bool), batch_sharded)
+  return fn, (w0, targets, valid, jax.random.key(0))
+
+
+def make_run(setup, num_devices, batch, steps):
+  fn, args = build(setup, num_devices, batch, steps)
 
   def run(n):
     for _ in range(n):
-      out = fn(w0, targets, valid, jax.random.key(0))
+      out = fn(*args)
     jax.block_until_ready(out)
   return run
 

@@ -26,39 +26,24 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import optax  # pylint: disable=g-import-not-at-top
 
 from mi_jax import models  # pylint: disable=g-import-not-at-top
-from mi_jax.attacks import optimize, ppa  # pylint: disable=g-import-not-at-top
 from mi_jax.train import state as state_lib, steps  # pylint: disable=g-import-not-at-top
-from third_party.stylegan_jax import networks  # pylint: disable=g-import-not-at-top
 import _timing  # pylint: disable=g-import-not-at-top
 import attack_step  # pylint: disable=g-import-not-at-top
 
 _PRECISIONS = flags.DEFINE_list('precisions', ['highest', 'high', 'default', 'bfloat16'], 'Settings to compare.')
 _ATTACK = flags.DEFINE_enum('attack', 'demo', list(attack_step.SETUPS), 'Attack setup (bench/attack_step.py).')
 _ATTACK_BATCH = flags.DEFINE_integer('attack_batch', 8, 'Latents per attack call.')
+# --repeats (interleaved repeats, the best of each reported) is bench/attack_step.py's flag.
 _ATTACK_STEPS = flags.DEFINE_integer('attack_steps', 5, 'Optimisation steps per attack call.')
 _TRAIN_SIZE = flags.DEFINE_integer('train_size', 64, 'Training input size (ResNet-18, ImageNet stem).')
 _TRAIN_BATCH = flags.DEFINE_integer('train_batch', 16, 'Training batch.')
 _TRAIN_STEPS = flags.DEFINE_integer('train_steps', 3, 'Timed training steps per call.')
-_REPEATS = flags.DEFINE_integer('repeats', 2, 'Interleaved repeats; the best of each is reported.')
 
 
 def attack_fn(setup, batch, num_steps):
-  """() -> optimised latents, one jitted PPA optimisation (random generator and ResNet-18 target)."""
-  gen_config = networks.GeneratorConfig(**setup['gen'])
-  G = networks.Generator(gen_config)
-  gen_vars = jax.jit(G.init)(jax.random.key(0), jnp.zeros((1, gen_config.z_dim)))
-  model = models.build_model(ml_collections.ConfigDict(dict(
-      name='resnet18', num_classes=10, skip=(1, 1, 1, 1), width=setup['width'], stem='small', dtype='float32')))
-  size, channels = setup['size'], gen_config.img_channels
-  variables = models.init_variables(model, (1, size, size, channels), jax.random.key(1))
-  variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
-  settings = optimize.OptimizeSettings(steps=num_steps, center_crop=setup['crop'], input_size=size)
-  fn = jax.jit(optimize.make_optimize_fn(lambda w: G.apply(gen_vars, w[:, None], method=G.synthesize),
-                                         lambda x, p: model.apply({**variables, 'perturbations': p}, x, train=False),
-                                         ppa.perturbation_zeros(model, variables, size, channels), settings))
-  w0 = jnp.asarray(np.random.default_rng(0).standard_normal((batch, gen_config.w_dim)), jnp.float32)
-  targets, valid = jnp.arange(batch) % 10, jnp.ones(batch, bool)
-  return lambda: fn(w0, targets, valid, jax.random.key(0))[0]
+  """() -> the latents after `num_steps` of PPA's optimisation (bench/attack_step.py's setup, one device)."""
+  fn, args = attack_step.build(setup, 1, batch, num_steps)
+  return lambda: fn(*args)[0]
 
 
 def train_fn(size, batch):
@@ -97,7 +82,7 @@ def main(argv):
     reference = results.get('highest', next(iter(results.values())))
     drift = {p: float(np.abs(r - reference).max() / max(np.abs(reference).max(), 1e-30)) for p, r in results.items()}
     calls = {p: (lambda v: lambda n: [jax.block_until_ready(v()) for _ in range(n)])(v) for p, v in variants.items()}
-    rates = _timing.best_rates(calls, _TRAIN_STEPS.value if name == 'train' else 1, _REPEATS.value, units)
+    rates = _timing.best_rates(calls, _TRAIN_STEPS.value if name == 'train' else 1, attack_step._REPEATS.value, units)
     rows[name] = (rates, drift)
   base = _PRECISIONS.value[0]
   print(f'{"setting":<10} {"attack lat-steps/s":>19} {f"x {base}":>10} {"latent drift":>13} '

@@ -232,13 +232,22 @@ def _cell(key: str, value) -> str:
     return f'{100 * value:.2f}'
   if isinstance(value, float) and math.isinf(value):
     return '∞' if value > 0 else '−∞'
+  value = value + 0.0  # no '-0.00': -0.0 + 0.0 is 0.0
   if key == 'epoch':
     return f'{value:g}'
   return f'{value:.2f}' if key != 'knn_dist_eval' or abs(value) < 1e4 else f'{value:.3g}'
 
 
+FID_HEADERS = {'inception_ppa_inputs': 'FID ↑ (PPA inputs)', 'inception': 'FID ↑ (standard)',
+               'evaluation_model': 'FID ↑ (eval. features)'}
+
+
 def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
-  lines = ['| ' + ' | '.join(header for _, header in columns) + ' |', '|' + '---|' * len(columns)]
+  """The rows as a markdown table; the FID header names the convention when all rows share one."""
+  conventions = {r.get('fid_features') for r in rows}
+  fid_header = FID_HEADERS.get(conventions.pop(), 'FID ↑') if len(conventions) == 1 else 'FID ↑'
+  headers = [fid_header if key == 'fid' else header for key, header in columns]
+  lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(columns)]
   for r in rows:
     lines.append('| ' + ' | '.join(_cell(k, r.get(k)) for k, _ in columns) + ' |')
   return '\n'.join(lines)

@@ -73,7 +73,7 @@ def test_study_writes_the_table_and_the_figures(tiny_study):
   assert tts_row['delta'] == pytest.approx(want, nan_ok=True)
   markdown = open(os.path.join(workdir, 'results.md')).read()
   assert '| resnet18 | TTS |' in markdown and 'Δ' in markdown and 'Coverage' in markdown
-  assert "evaluation model's features" in markdown  # the FID convention is stated
+  assert "evaluation model's features" in markdown and 'FID ↑ (eval. features)' in markdown  # the convention
   for name in ('gradient_flow_resnet18.png', 'false_positives.png', 'accuracy_vs_attack.png'):
     assert os.path.getsize(os.path.join(workdir, 'figures', name)) > 1000
   # The attacked checkpoint is the best one on test (study.checkpoint = 'best'); Acc is its accuracy.
