@@ -11,15 +11,11 @@ Presets: those of configs/baseline.py, plus a1=..., a2=... .
 """
 
 from configs import baseline, common
-
-
-def set_bido(config, a1: float, a2: float):
-  config.bido.a1 = a1
-  config.bido.a2 = a2
+from mi_jax import defenses
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, demo=False, tiny=False, epochs=8, a1=0.05, a2=0.5)
+  arg = common.parse_arg(arg, demo=False, tiny=False, epochs=8, a1=defenses.BIDO_WEIGHTS[0], a2=defenses.BIDO_WEIGHTS[1])
   config = baseline.get_config(','.join(n for n in ('demo', 'tiny') if arg[n]) + f',epochs={arg.epochs}')
-  set_bido(config, arg.a1, arg.a2)
-  return config
+  config.bido.a1, config.bido.a2 = arg.a1, arg.a2
+  return defenses.defend(config, 'bido')

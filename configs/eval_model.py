@@ -28,6 +28,7 @@ digits.
 """
 
 from configs import baseline, common
+from mi_jax.train import trainer
 
 
 def get_config(arg=None):
@@ -49,12 +50,5 @@ def get_config(arg=None):
     config.data.name = 'celeba1000'
     config.model.num_classes = 1000
   if arg['import']:
-    use_as_is(config)
+    trainer.as_imported(config)  # train.epochs = 0: the file is the model (its auxiliary head read past)
   return config
-
-
-def use_as_is(config):
-  """No training: config.model.init_file is the evaluation model (train.epochs = 0)."""
-  config.train.epochs = 0
-  config.model.init_reinit = ()
-  config.model.aux_logits = False  # the file's auxiliary head is read past: evaluation never uses it

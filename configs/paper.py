@@ -6,7 +6,7 @@ FID weights:
 
   python launch.py --config=configs/paper.py --workdir=/ckpt/paper \\
       --config.classifier.data.manual_dir=/data/facescrub \\
-      --config.attack.generator_dir=/ckpt/generators/ffhq \\
+      --config.attacks.ppa.generator.dir=/ckpt/generators/ffhq \\
       --config.study.per_architecture.resnet34.init_file=~/weights/resnet34-b627a593.pth  (... each ResNet) \\
       --config.evaluation_model.model.init_file=~/weights/inception_v3_facescrub.pt \\
       --config.metrics.facenet_file=~/weights/20180402-114759-vggface2.pt \\
@@ -56,8 +56,8 @@ def per_architecture_table() -> ml_collections.ConfigDict:
   """
   table = ml_collections.ConfigDict()
   for name in models.model_names():
-    family = next((f for f in FAMILY_RECIPES if name.startswith(f)), None)
-    if family is not None:  # the evaluation model (inception_v3) is set up in config.evaluation_model
+    family = models.family_of(name).name
+    if family in FAMILY_RECIPES:  # not the evaluation model (inception_v3): config.evaluation_model
       table[name] = ml_collections.ConfigDict(dict(init_file='', **FAMILY_RECIPES[family]))
   return table
 
@@ -88,15 +88,15 @@ def get_config(arg=None):
 
   config.evaluation_model = eval_model.get_config()
 
-  ppa = attack_ppa.get_config()
-  config.attack = ml_collections.ConfigDict()
-  config.attack.generator_dir = ''             # A generator directory (import_stylegan or the gan job).
-  config.attack.settings = ppa.attack          # The RoLSS repo's per-architecture PPA settings
-  config.attack.settings.num_candidates = 16   # (configs/attacking/FaceScrub/<arch>/full.yaml):
-  config.attack.settings.final_samples = 8
-  config.attack.settings.batch_size = 8
-  config.attack.settings.lr_milestones = (30, 40)
-  config.attack.settings.antialias = False     # Its torchvision resized tensors without antialiasing.
+  config.study.attacks = ('ppa',)               # Run on every target; each has its job config in config.attacks.
+  config.attacks = ml_collections.ConfigDict()
+  config.attacks.ppa = attack_ppa.get_config()  # its target is set per cell; name the generator directory
+  settings = config.attacks.ppa.attack          # The RoLSS repo's per-architecture PPA settings
+  settings.num_candidates = 16                  # (configs/attacking/FaceScrub/<arch>/full.yaml):
+  settings.final_samples = 8
+  settings.batch_size = 8
+  settings.lr_milestones = (30, 40)
+  settings.antialias = False                    # Its torchvision resized tensors without antialiasing.
 
   config.metrics = evaluate.metrics_section()  # cache_dir '' = <workdir>/cache
   config.metrics.fid_quirk = True              # PPA's FID inputs ([-3, 1]), so FIDs compare with the paper's
@@ -121,9 +121,9 @@ def get_config(arg=None):
       config.study.per_architecture[name].batch_size = config.classifier.train.batch_size
     config.evaluation_model = eval_model.get_config(f'demo,epochs={max(arg.epochs, 4)}')
     config.evaluation_model.data.image_size = DEMO_IMAGE_SIZE
-    config.attack.generator_dir = 'docs/gan_demo/generator'
-    config.attack.settings.update(search_space_size=300, num_candidates=8, truncation_cutoff=4, batch_size=40,
-                                  steps=25, lr_milestones=(), center_crop=0, final_samples=6, final_iterations=10)
+    config.attacks.ppa.generator.dir = 'docs/gan_demo/generator'
+    config.attacks.ppa.attack.update(search_space_size=300, num_candidates=8, truncation_cutoff=4, batch_size=40,
+                                     steps=25, lr_milestones=(), center_crop=0, final_samples=6, final_iterations=10)
     config.metrics.batch_size = 128
     config.analysis.repvgg_width = 8
   return config

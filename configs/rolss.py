@@ -12,9 +12,8 @@ only in `model.skip`. Other stages: --config.model.skip="(1, 1, 0, 1)".
 """
 
 from configs import baseline
+from mi_jax import defenses
 
 
 def get_config(arg=None):
-  config = baseline.get_config(arg)
-  config.model.skip = (1.0, 1.0, 1.0, 0.0)
-  return config
+  return defenses.defend(baseline.get_config(arg), 'rolss')

@@ -7,9 +7,8 @@ AttAcc 41.44% against 67.07% for BiDO alone, about 1% more accuracy lost).
 """
 
 from configs import bido
+from mi_jax import defenses
 
 
 def get_config(arg=None):
-  config = bido.get_config(arg)
-  config.model.skip = (1.0, 1.0, 1.0, 0.0)
-  return config
+  return defenses.defend(bido.get_config(arg), 'rolss_bido')

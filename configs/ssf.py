@@ -15,6 +15,7 @@ Presets: demo, tiny, learn, model=NAME, k=K (combinable: `demo,learn,k=0.4`).
 """
 
 from configs import baseline, common
+from mi_jax import defenses
 
 
 def get_config(arg=None):
@@ -22,9 +23,4 @@ def get_config(arg=None):
   config = baseline.get_config(','.join(n for n in ('demo', 'tiny') if arg[n]) + f',epochs={arg.epochs}')
   if arg.model:
     config.model.name = arg.model
-  concatenative = config.model.name.startswith('densenet')
-  k = arg.k if arg.k >= 0 else (0.01 if concatenative else 0.2)
-  if arg.learn and concatenative:
-    config.model.skip_mode = 'scale'  # truncation has no gradient in k
-  config.model.skip = (1.0, 1.0, 1.0, f'learn:{k}' if arg.learn else k)
-  return config
+  return defenses.defend(config, 'ssf', k=arg.k if arg.k >= 0 else None, learn=arg.learn)

@@ -14,24 +14,14 @@ in stage 2. Each stage starts with a fresh Adam state. A killed run resumes in
 the stage it died in (mi_jax/defenses/tts.py).
 """
 
-import ml_collections
-
 from configs import baseline, common
+from mi_jax import defenses
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, demo=False, tiny=False, epochs=8, stage1_epochs=0)
-  config = baseline.get_config(','.join(n for n in ('demo', 'tiny') if arg[n]) + f',epochs={arg.epochs}')
-  config.job = 'tts'
-  config.model.skip = (1.0, 1.0, 1.0, 0.0)      # stage 2: the defended (RoLSS) model
-  config.tts = ml_collections.ConfigDict()
-  config.tts.stage1_skip = (1.0, 1.0, 1.0, 1.0)  # stage 1: every skip kept
-  config.tts.stage1_epochs = 5                   # M; stage 2 runs train.epochs - M (= N = 95)
-  config.tts.lr_schedule = 'continue'            # 'continue' across stages, or 'restart' in stage 2
-  config.tts.reinit = ('skip_scale',)            # target leaves that may start fresh (a learnable k)
-  config.tts.drop = ('skip_scale',)              # source leaves that may be left behind
-  if arg.demo or arg.tiny:
-    config.tts.stage1_epochs = arg.stage1_epochs or max(1, round(0.05 * config.train.epochs))
-  elif arg.stage1_epochs:
+  config = defenses.defend(baseline.get_config(','.join(n for n in ('demo', 'tiny') if arg[n]) + f',epochs={arg.epochs}'),
+                           'tts')  # stage 1: every skip; stage 2: the RoLSS model; M = 5% of the epochs
+  if arg.stage1_epochs:
     config.tts.stage1_epochs = arg.stage1_epochs
   return config

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mi_jax import jobs, models
-from mi_jax.attacks import losses, optimize, ppa, transforms
+from mi_jax import attack_outputs, jobs, models
+from mi_jax.attacks import losses, optimize, ppa
+from mi_jax.data import transforms
 from mi_jax.train import checkpoint
 from third_party.stylegan_jax import networks, save_generator
 
@@ -129,7 +130,8 @@ def test_attack_job_outputs_resume_and_device_count(tiny_world, tmp_path):
                'final_grid.png', 'log.json', 'attack.json', 'run.json'):
     assert os.path.exists(os.path.join(workdir, name)), name
   with np.load(os.path.join(workdir, 'final', 'class_00003.npz')) as f:
-    assert sorted(f.files) == ['scores', 'w']  # images are rendered from w when evaluated (float, as PPA)
+    # No images: they are rendered from w when evaluated (float, as PPA); the evaluator's logits are kept.
+    assert sorted(f.files) == ['eval_logits', 'eval_logits_all', 'scores', 'w']
     assert f['w'].shape == (3, GEN.w_dim) and np.all(np.diff(f['scores']) <= 0)  # best first
     first_w = f['w'].copy()
   with open(os.path.join(workdir, 'log.json')) as f:
@@ -142,7 +144,7 @@ def test_attack_job_outputs_resume_and_device_count(tiny_world, tmp_path):
   # classified as their target at least as often as the optimised images in general.
   assert results['eval_top1'] >= results['eval_unfiltered_top1']
   # Rendered again from the latents, the final images are what the attack scored.
-  render = ppa.make_renderer(workdir)
+  render = attack_outputs.make_renderer(workdir)
   images = np.asarray(render(jnp.asarray(first_w), 16))
   assert images.shape == (3, 16, 16, 1) and images.dtype == np.float32
 

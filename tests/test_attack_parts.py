@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mi_jax.attacks import losses, selection, transforms
+from mi_jax.attacks import losses, selection
+from mi_jax.data import transforms
 
 
 def test_poincare_loss_hand_computed():

@@ -53,7 +53,7 @@ def test_paper_defaults():
     ('data.augment.rrc_scale', (0.9, 0.5), 'config.data.augment.rrc_scale'),
     ('matmul_precision', 'fastest_please', 'config.matmul_precision=.fastest_please.'),
     ('model.legacy_stage3_split', 0.4, r'config.model.legacy_stage3_split=0.4 keeps int\(0.4 \* 2\) = 0'),
-    ('model.transform_input', True, 'config.model.transform_input=True applies to inception_v3 models only'),
+    ('model.transform_input', True, 'config.model.transform_input=True applies to inception models only'),
     ('train.epochs', 0, 'config.train.epochs=0: 0 means "use config.model.init_file as it is"'),
     ('model.init_file', '/no/such/weights.pth', 'config.model.init_file=./no/such/weights.pth.: no such file'),
 ])

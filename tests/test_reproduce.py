@@ -16,7 +16,7 @@ import PIL.Image
 
 from mi_jax import jobs, reproduce
 from mi_jax.analysis import gradient_flow, repvgg_equivalence
-from mi_jax.attacks import transforms
+from mi_jax.data import transforms
 from mi_jax.data import augment
 from mi_jax.metrics import evaluate, scores
 from mi_jax.train import checkpoint
@@ -37,8 +37,8 @@ def tiny_study_config(root, tfds_dir):
     section.data.image_size = 16
     section.model.width = 4
     section.train.batch_size = 32
-  config.attack.generator_dir = str(root / 'generator')
-  config.attack.settings.update(search_space_size=24, num_candidates=2, batch_size=10, steps=2, truncation_cutoff=2,
+  config.attacks.ppa.generator.dir = str(root / 'generator')
+  config.attacks.ppa.attack.update(search_space_size=24, num_candidates=2, batch_size=10, steps=2, truncation_cutoff=2,
                                 final_samples=2, final_iterations=2)
   config.analysis.repvgg = ''
   return config
@@ -101,11 +101,11 @@ def test_paper_protocol_per_architecture_settings_and_required_files(tmp_path):
   config = paper.get_config()
   assert config.study.per_architecture.densenet121.batch_size == 64
   assert config.study.per_architecture.resnet101.batch_size == 128
-  assert (config.metrics.fid_quirk, config.metrics.antialias, config.attack.settings.antialias) == (True, False, False)
+  assert (config.metrics.fid_quirk, config.metrics.antialias, config.attacks.ppa.attack.antialias) == (True, False, False)
   assert config.study.checkpoint == 'best' and config.study.evaluation_model == 'import'
   config.study.architectures = ('resnet34', 'densenet121')
   config.study.defenses = ('none',)
-  config.attack.generator_dir = str(tmp_path)
+  config.attacks.ppa.generator.dir = str(tmp_path)
   config.classifier.data.manual_dir = str(tmp_path)
   with pytest.raises(ValueError, match=r'config.study.per_architecture.resnet34.init_file=.*ImageNet'):
     jobs.validate_config(config)
@@ -135,7 +135,7 @@ def test_rerun_skips_finished_work_and_redoes_what_is_missing(tiny_study):
   config, workdir, rows = tiny_study
   train_results = os.path.join(workdir, 'resnet18', 'none', 'train', 'results.json')
   stamp = os.path.getmtime(train_results)
-  evaluation_path = os.path.join(workdir, 'resnet18', 'tts', 'attack', 'evaluation.json')
+  evaluation_path = os.path.join(workdir, 'resnet18', 'tts', 'ppa', 'evaluation.json')
   os.remove(evaluation_path)
   again = jobs.run(config, workdir)
   assert os.path.getmtime(train_results) == stamp  # not retrained
@@ -166,7 +166,7 @@ def test_evaluation_of_private_images_has_known_answers(tiny_study):
   is the evaluation model's accuracy on those images."""
   _, workdir, _ = tiny_study
   eval_dir = os.path.join(workdir, 'evaluation_model')
-  target_config = json.load(open(os.path.join(workdir, 'resnet18', 'none', 'attack', 'attack.json')))['target_config']
+  target_config = json.load(open(os.path.join(workdir, 'resnet18', 'none', 'ppa', 'attack.json')))['target_config']
   final = _private_images(target_config['data'], (1, 3))
   results, records = evaluate.evaluate_images(final, None, target_config['data'], eval_dir, _metrics(batch_size=16))
   assert results['knn_dist_eval'] < 1e-6  # each image's nearest same-class private image is itself
@@ -190,7 +190,7 @@ def test_private_images_are_resized_once_from_the_originals(tiny_study):
   """KNN references: PIL's resize of the stored image (PPA's Resize before ToTensor); FID references:
   torchvision's tensor resize, antialiased or not as metrics.antialias says."""
   _, workdir, _ = tiny_study
-  data = json.load(open(os.path.join(workdir, 'resnet18', 'none', 'attack', 'attack.json')))['target_config']['data']
+  data = json.load(open(os.path.join(workdir, 'resnet18', 'none', 'ppa', 'attack.json')))['target_config']['data']
   original, label = next(evaluate.private_originals(data, [2]))
   assert label == 2 and original.shape == (8, 8, 1)  # the stored 8x8 digit, not the 16px training input
   pil = evaluate.resize_original(original, 5, evaluate.PIL_RESIZE)
@@ -210,7 +210,7 @@ def test_facenet_distance_of_private_images_is_zero(tiny_study, tmp_path):
   torch.manual_seed(0)
   torch.save(irv1.InceptionResnetV1(pretrained=None, classify=False).state_dict(), tmp_path / 'facenet.pt')
   _, workdir, _ = tiny_study
-  data = json.load(open(os.path.join(workdir, 'resnet18', 'none', 'attack', 'attack.json')))['target_config']['data']
+  data = json.load(open(os.path.join(workdir, 'resnet18', 'none', 'ppa', 'attack.json')))['target_config']['data']
   final = _private_images(data, (2,))  # FaceNet at 160px is slow on CPU
   results, _ = evaluate.evaluate_images(final, None, data, os.path.join(workdir, 'evaluation_model'),
                                         _metrics(facenet_file=str(tmp_path / 'facenet.pt'), batch_size=16))
@@ -270,7 +270,7 @@ def test_eval_model_config_is_inception_v3_at_299():
 
 def test_gradient_flow_reads_every_stage(tiny_study):
   _, workdir, _ = tiny_study
-  norms = gradient_flow.stage_gradient_norms(os.path.join(workdir, 'resnet18', 'none', 'attack'))
+  norms = gradient_flow.stage_gradient_norms(os.path.join(workdir, 'resnet18', 'none', 'ppa'))
   assert list(norms) == [f'stage{i}_input' for i in range(1, 5)]
   assert all(v > 0 for v in norms.values())
 

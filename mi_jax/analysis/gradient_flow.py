@@ -2,32 +2,24 @@
 
 The attack records, at every optimisation step of every batch, the batch-mean norm of
 dL/dz_i at each stage input z_i (optimize.make_optimize_fn; `grad_norm/<stage>` in
-`optimized/batch_<i>.npz`). With z_{i+1} = g_i(z_i) + k z_i the identity term k I carries
+`optimized/batch_<i>.npz`, read through mi_jax/attack_outputs.py). With z_{i+1} = g_i(z_i) + k z_i the identity term k I carries
 gradient past g_i; removing the last stage's skips (k = 0) shrinks it at every earlier stage
 (reference/mission.md 5).
 """
 
-import glob
-import os
-
 import numpy as np
 
+from mi_jax import attack_outputs
 from mi_jax.analysis import plots
-
-PREFIX = 'grad_norm/'
 
 
 def stage_gradient_norms(attack_workdir: str) -> dict[str, float]:
   """{stage input name: mean over steps and batches of the batch-mean ||dL/dz_i||}."""
-  paths = sorted(glob.glob(os.path.join(attack_workdir, 'optimized', 'batch_*.npz')))
-  if not paths:
-    raise FileNotFoundError(f'{attack_workdir} holds no optimized/batch_*.npz: run the attack first')
   sums = {}
-  for path in paths:
-    with np.load(path) as f:
-      for key in f.files:
-        if key.startswith(PREFIX):
-          sums.setdefault(key[len(PREFIX):], []).append(np.mean(f[key]))
+  for batch in attack_outputs.batch_logs(attack_workdir):
+    for key, values in batch.items():
+      if key.startswith(attack_outputs.GRAD_NORM_PREFIX):
+        sums.setdefault(key[len(attack_outputs.GRAD_NORM_PREFIX):], []).append(np.mean(values))
   # 'perturbations/stage3_input' or 'stage3_input' -> ordered by stage number
   names = sorted(sums, key=lambda n: int(''.join(ch for ch in n.split('/')[-1] if ch.isdigit()) or 0))
   return {name.split('/')[-1]: float(np.mean(sums[name])) for name in names}

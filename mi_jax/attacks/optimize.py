@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mi_jax.attacks import losses, transforms
+from mi_jax.attacks import losses
+from mi_jax.data import transforms
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mi_jax.attacks import transforms
+from mi_jax.data import transforms
 
 
 def candidate_z(seed: int, search_space_size: int, z_dim: int) -> np.ndarray:

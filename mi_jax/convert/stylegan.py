@@ -25,3 +25,6 @@ def import_stylegan(config: ml_collections.ConfigDict, workdir: str) -> dict:
   gen_config = nvidia_pickle.import_pickle(os.path.expanduser(config.pickle), workdir, config.network)
   logging.info('Wrote %s from %s[%s]: %s', workdir, config.pickle, config.network, gen_config)
   return gen_config.to_dict()
+
+
+run = import_stylegan  # the `import_stylegan` job (mi_jax/jobs.py)

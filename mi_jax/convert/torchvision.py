@@ -16,6 +16,7 @@ from typing import Sequence
 from flax import traverse_util
 import numpy as np
 
+from mi_jax import models
 from mi_jax.defenses import transplant as transplant_lib
 
 _DENSENET_LEGACY = re.compile(r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$')
@@ -132,11 +133,9 @@ def merge_into(converted: dict, fresh: dict, reinit: Sequence[str] = (), drop: S
 
 
 def kind_of(model_name: str) -> str:
-  if model_name.startswith('resnet'):
-    return 'resnet'
-  if model_name.startswith('densenet'):
-    return 'densenet'
-  if model_name == 'inception_v3':
-    return 'generic'
-  raise ValueError(f'config.model.name={model_name!r}: torchvision weights can be imported for ResNets, DenseNets '
-                   'and Inception-v3')
+  """The key-name layout of torch files for the model (the registry's `torch_layout`)."""
+  kind = models.family_of(model_name).torch_layout
+  if kind is None:
+    importable = [n for n in models.model_names() if models.family_of(n).torch_layout]
+    raise ValueError(f'config.model.name={model_name!r}: torch weights can be imported for {", ".join(importable)}')
+  return kind

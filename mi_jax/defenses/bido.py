@@ -11,16 +11,29 @@ much about the label Y. As in the official code (Defend_MI/BiDO/hsic.py):
 a Gaussian kernel exp(-|a - b|^2 / (2 sigma^2 dim)) on flattened inputs and
 features, a linear kernel on one-hot labels, centring K -> K H, and the
 normalised HSIC tr(R_a R_b) with R = K (K + eps m I)^-1, eps = 1e-5.
-The kernels run over the global batch (the official code: each GPU's share).
+The kernels run over the global batch, as in the official code (DataParallel gathers every
+GPU's hidden features onto one device before the loss).
 """
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mi_jax import config_checks, models
 from mi_jax.models import layers
 
 EPSILON = 1e-5
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """config.bido of a classifier config: weights, kernel, and a model that records hidden features."""
+  check, b = config_checks.check_field, config.bido
+  check(b.a1 >= 0 and b.a2 >= 0, 'bido', (b.a1, b.a2), 'expected weights a1, a2 >= 0')
+  check(b.sigma > 0, 'bido.sigma', b.sigma, 'expected > 0')
+  check(b.label_kernel in ('linear', 'gaussian'), 'bido.label_kernel', b.label_kernel, "expected 'linear' or 'gaussian'")
+  if is_enabled(b):
+    check(models.family_of(config.model.name).records_hidden, 'model.name', config.model.name,
+          'BiDO regularises the hidden features a model records (layers.sow_hidden); this family records none')
 
 
 def gaussian_kernel(x, sigma: float):

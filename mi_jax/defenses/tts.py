@@ -18,15 +18,22 @@ in whichever stage it died.
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Callable
 
 from absl import logging
 import ml_collections
 
+from mi_jax import config_checks
 from mi_jax.defenses import transplant
 from mi_jax.train import checkpoint, reporting, trainer
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """A classifier config with a tts section (configs/tts.py): both stages must be valid."""
+  config_checks.check_field('tts' in config, 'tts', None, 'the tts job needs a config.tts section (configs/tts.py)')
+  for stage in stage_configs(config):  # validates stage1_epochs and lr_schedule
+    trainer.validate_config(stage)
 
 
 def stage_configs(config: ml_collections.ConfigDict):
@@ -61,8 +68,7 @@ def train_tts(config: ml_collections.ConfigDict,
     moved, report = transplant.transplant(checkpoint.load_variables(dir1), fresh,
                                           reinit=tuple(config.tts.reinit), drop=tuple(config.tts.drop))
     logging.info('TTS transplant stage 1 -> stage 2: %s', report.summary())
-    with open(os.path.join(dir2, 'transplant.json'), 'w') as f:
-      json.dump(dataclasses.asdict(report), f, indent=2)
+    reporting.write_json(os.path.join(dir2, 'transplant.json'), dataclasses.asdict(report))
     return moved
 
   logging.info('TTS stage 2: %d epochs with skip=%s', stage2.train.epochs, stage2.model.skip)
@@ -71,3 +77,6 @@ def train_tts(config: ml_collections.ConfigDict,
   results = {'stage1': results1, 'stage2': results2, **results2}
   reporting.write_results(workdir, results)
   return results
+
+
+run = train_tts  # the `tts` job (mi_jax/jobs.py)

@@ -1,6 +1,6 @@
 """Evaluate a finished attack: attack accuracy, KNN distances, FID, PRDC and the false-positive record.
 
-Reads an attack workdir (`final/class_<c>.npz`, `optimized/`, `attack.json`), renders the float,
+Reads an attack workdir through mi_jax/attack_outputs.py (any attack), renders the float,
 unclipped images from the latents as PPA's metrics see them (generator, centre crop, resize), and
 writes next to them
   evaluation.json   attack accuracy top-1/top-5 of the evaluation model on the final images and on every
@@ -36,7 +36,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from mi_jax.attacks import ppa, transforms
+from mi_jax import attack_outputs, config_checks
+from mi_jax.data import transforms
 from mi_jax.convert import eval_models
 from mi_jax.data import augment, sources
 from mi_jax.metrics import scores as scores_lib
@@ -64,10 +65,10 @@ def attack_images(attack_workdir: str, antialias: bool, batch_size: int) -> tupl
   `antialias` governs the resize to each evaluation size (PPA's create_image for the metrics).
   """
   try:
-    final_w, targets, confidences = ppa.final_latents(attack_workdir)
-    all_w, all_targets = ppa.optimized_latents(attack_workdir)
-    render = ppa.make_renderer(attack_workdir, antialias)
-  except ppa.AttackError as e:
+    final_w, targets, confidences = attack_outputs.final_latents(attack_workdir)
+    all_w, all_targets = attack_outputs.optimized_latents(attack_workdir)
+    render = attack_outputs.make_renderer(attack_workdir, antialias)
+  except attack_outputs.AttackOutputError as e:
     raise EvaluationError(str(e)) from None
   at = lambda w: lambda size: batched(lambda chunk: render(chunk, size), w, batch_size)
   return AttackImages(at(final_w), targets, confidences), AttackImages(at(all_w), all_targets)
@@ -187,22 +188,18 @@ def _cached(cache_dir: str, key: dict, compute):
 
 def validate_metrics(metrics: ml_collections.ConfigDict):
   """Weight files named in config.metrics must exist (checked before any work)."""
-  from mi_jax import jobs  # pylint: disable=g-import-not-at-top
   for field in ('facenet_file', 'fid_inception_file'):
     path = metrics[field]
-    jobs.check_field(not path or os.path.isfile(os.path.expanduser(path)), f'metrics.{field}', path,
+    config_checks.check_field(not path or os.path.isfile(os.path.expanduser(path)), f'metrics.{field}', path,
                      'no such file', FileNotFoundError)
-  jobs.check_field(isinstance(metrics.batch_size, int) and metrics.batch_size > 0, 'metrics.batch_size',
+  config_checks.check_field(isinstance(metrics.batch_size, int) and metrics.batch_size > 0, 'metrics.batch_size',
                    metrics.batch_size, 'expected a positive integer')
 
 
 def validate_config(config: ml_collections.ConfigDict):
-  from mi_jax import jobs  # pylint: disable=g-import-not-at-top
-  jobs.check_field(bool(config.evaluation.workdir), 'evaluation.workdir', config.evaluation.workdir,
+  config_checks.check_field(bool(config.evaluation.workdir), 'evaluation.workdir', config.evaluation.workdir,
                    "name the evaluation model's train workdir (configs/eval_model.py)")
-  which = str(config.evaluation.checkpoint)
-  jobs.check_field(which in ('latest', 'best') or which.isdigit(), 'evaluation.checkpoint',
-                   config.evaluation.checkpoint, f'expected {checkpoint.CHECKPOINT_CHOICES}')
+  config_checks.check_checkpoint_choice(config, 'evaluation.checkpoint')
   validate_metrics(config.metrics)
 
 
@@ -219,9 +216,10 @@ def evaluate_attack(attack_workdir: str, evaluation_workdir: str, metrics: ml_co
 
   `metrics` is a config.metrics section (configs/evaluate.py).
   """
-  attack = ppa.read_attack(attack_workdir) if os.path.exists(os.path.join(attack_workdir, 'attack.json')) else None
-  if attack is None:
-    raise EvaluationError(f'{attack_workdir} holds no attack.json: the attack has not finished')
+  try:
+    attack = attack_outputs.read_attack(attack_workdir)
+  except attack_outputs.AttackOutputError as e:
+    raise EvaluationError(str(e)) from None
   final, unfiltered = attack_images(attack_workdir, metrics.antialias, metrics.batch_size)
   results, records = evaluate_images(final, unfiltered, attack['target_config']['data'], evaluation_workdir, metrics,
                                      evaluation_checkpoint)
@@ -304,3 +302,6 @@ def evaluate_images(final: AttackImages, unfiltered: AttackImages | None, data_c
     results['false_positive_rate'] = float(np.mean(rejected[accepted])) if accepted.any() else float('nan')
     records['target_confidence'] = final.confidences
   return results, records
+
+
+run = evaluate_job  # the `evaluate` job (mi_jax/jobs.py)

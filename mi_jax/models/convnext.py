@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
 trunc_normal = nn.initializers.truncated_normal(0.02)  # torchvision: trunc_normal_(std=0.02), zero bias
@@ -75,3 +76,16 @@ CONVNEXT_CONFIGS = {  # depths, dims, stochastic depth (torchvision)
     'convnext_small': ((3, 3, 27, 3), (96, 192, 384, 768), 0.4),
     'convnext_base': ((3, 3, 27, 3), (128, 256, 512, 1024), 0.5),
 }
+
+
+def _build(model_config, architecture, dtype, deploy):
+  del deploy
+  depths, dims, stochastic_depth = architecture
+  if model_config.width:  # demos: stage widths width, 2*width, 4*width, 8*width
+    dims = tuple(model_config.width * 2**i for i in range(4))
+  return ConvNeXt(depths=depths, dims=dims, num_classes=model_config.num_classes, skip=tuple(model_config.skip),
+                  stochastic_depth=stochastic_depth, dtype=dtype)
+
+
+FAMILY = registry.Family(name='convnext', architectures=CONVNEXT_CONFIGS, build=_build,
+                         num_stages=lambda architecture: len(architecture[0]))

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mi_jax.models import layers
+from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
 # torchvision DenseNet: kaiming_normal_ with the default fan_in mode.
@@ -150,3 +151,22 @@ DENSENET_CONFIGS = {
     'densenet169': (32, (6, 12, 32, 32), 64),
     'densenet201': (32, (6, 12, 48, 32), 64),
 }
+
+
+def _build(model_config, architecture, dtype, deploy):
+  del deploy
+  mode, skip = model_config.skip_mode, tuple(model_config.skip)
+  if mode not in ('truncate', 'scale'):
+    raise ValueError(f"config.model.skip_mode={mode!r}: expected 'truncate' (official) or 'scale'")
+  if mode == 'truncate' and any(isinstance(s, str) for s in skip):
+    raise ValueError("config.model.skip: a learnable DenseNet skip needs config.model.skip_mode='scale'")
+  growth, blocks, init_features = architecture
+  return DenseNet(growth_rate=growth, block_config=blocks, num_init_features=init_features,
+                  num_classes=model_config.num_classes, skip=skip, skip_mode=mode,
+                  width=model_config.width,  # 0 = the architecture's own (DenseNet-161: 96 / 48)
+                  stem=model_config.stem, dtype=dtype)
+
+
+FAMILY = registry.Family(name='densenet', architectures=DENSENET_CONFIGS, build=_build,
+                         num_stages=lambda architecture: len(architecture[1]), concatenative_skips=True,
+                         records_hidden=True, torch_layout='densenet')

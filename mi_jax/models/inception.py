@@ -29,6 +29,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mi_jax.models import registry
+
 BN_EPSILON = 1e-3  # torchvision BasicConv2d
 
 # torchvision's transform_input: inputs normalised with mean = std = 0.5 are mapped to ImageNet's statistics.
@@ -224,3 +226,15 @@ class Inception3(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
     return (logits, aux) if self.aux_logits and train else logits
+
+
+def _build(model_config, architecture, dtype, deploy):
+  del architecture, deploy
+  return Inception3(num_classes=model_config.num_classes, transform_input=model_config.get('transform_input', False),
+                    aux_logits=model_config.get('aux_logits', False), dtype=dtype)
+
+
+# The evaluation model: no skip control; torchvision's module names (the generic importer).
+FAMILY = registry.Family(name='inception', architectures={'inception_v3': None}, build=_build,
+                         num_stages=lambda architecture: 0, torch_layout='generic',
+                         options=(('transform_input', False), ('aux_logits', False)))

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mi_jax.models import layers
+from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
 # (expansion t, channels c, blocks n, first stride s) -- torchvision's inverted_residual_setting.
@@ -102,3 +103,18 @@ class MobileNetV2(nn.Module):
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01), dtype=self.dtype,
                     name='classifier')(x)
+
+
+def _build(model_config, architecture, dtype, deploy):
+  del architecture, deploy
+  skip = tuple(model_config.skip)
+  width_mult = model_config.width / 32 if model_config.width else 1.0  # width = stem channels
+  for i, has_residual in enumerate(groups_with_residual(width_mult)):
+    if not has_residual and skip[i] != 1:
+      raise ValueError(f'config.model.skip[{i}]={skip[i]!r}: MobileNetV2 group {i + 1} has no residual '
+                       'connection to remove or scale')
+  return MobileNetV2(num_classes=model_config.num_classes, skip=skip, width_mult=width_mult, dtype=dtype)
+
+
+FAMILY = registry.Family(name='mobilenet', architectures={'mobilenet_v2': INVERTED_RESIDUAL_SETTING}, build=_build,
+                         num_stages=len)

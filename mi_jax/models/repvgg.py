@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mi_jax.models import layers
+from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
 BN_EPSILON = layers.BN_EPSILON
@@ -127,3 +128,16 @@ REPVGG_CONFIGS = {
     'repvgg_a1': ((2, 4, 14, 1), (1.0, 2.5)),
     'repvgg_b0': ((4, 6, 16, 1), (1.0, 2.5)),
 }
+
+
+def _build(model_config, architecture, dtype, deploy):
+  skip = tuple(model_config.skip)
+  if any(isinstance(s, str) for s in skip):
+    raise ValueError('config.model.skip: RepVGG takes fixed identity-branch factors only')
+  num_blocks, multiplier = architecture
+  return RepVGG(num_blocks=num_blocks, width_multiplier=multiplier, num_classes=model_config.num_classes, skip=skip,
+                deploy=deploy, width=model_config.width, dtype=dtype)
+
+
+FAMILY = registry.Family(name='repvgg', architectures=REPVGG_CONFIGS, build=_build,
+                         num_stages=lambda architecture: len(architecture[0]))

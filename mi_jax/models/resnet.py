@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mi_jax.models import layers
+from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
 ModuleDef = Any
@@ -162,3 +163,21 @@ RESNET_STAGES = {
     'resnet101': ((3, 4, 23, 3), Bottleneck),
     'resnet152': ((3, 8, 36, 3), Bottleneck),
 }
+
+
+def _build(model_config, stages, dtype, deploy):
+  del deploy
+  stage_sizes, block_cls = stages
+  split = model_config.get('legacy_stage3_split', 1.0)
+  try:
+    legacy_split_start(stage_sizes[2], split)
+  except ValueError as e:
+    raise ValueError(f'config.model.{e}') from None
+  return ResNet(stage_sizes=stage_sizes, block_cls=block_cls, num_classes=model_config.num_classes,
+                skip=tuple(model_config.skip), width=model_config.width or 64, stem=model_config.stem,
+                legacy_stage3_split=split, dtype=dtype)
+
+
+FAMILY = registry.Family(name='resnet', architectures=RESNET_STAGES, build=_build,
+                         num_stages=lambda stages: len(stages[0]), records_hidden=True, torch_layout='resnet',
+                         options=(('legacy_stage3_split', 1.0),))

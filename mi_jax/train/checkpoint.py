@@ -5,14 +5,14 @@ Layout: `<workdir>/checkpoints/<step>/{state, data, config}`. Kept: the latest
 asynchronous and atomic, so a job killed mid-save resumes from the previous one.
 """
 
-import json
 import os
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from mi_jax import models
+from mi_jax import config_checks, models
+from mi_jax.train import reporting
 
 BEST_METRIC = 'test_accuracy'
 
@@ -62,7 +62,7 @@ class Checkpointer:
     self._manager.save(step,
                        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                data=ocp.args.JsonSave(data_state),
-                                               config=ocp.args.JsonSave(json.loads(config.to_json_best_effort()))),
+                                               config=ocp.args.JsonSave(reporting.config_json(config))),
                        metrics={k: float(v) for k, v in metrics.items()})
 
   def restore(self, step: int, abstract_state):
@@ -112,9 +112,6 @@ def _read_only_manager(workdir: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(checkpoint_dir(workdir)), options=options)
 
 
-CHECKPOINT_CHOICES = "'latest', 'best' (highest test accuracy) or a step number"
-
-
 def resolve_step(workdir: str, which='latest') -> tuple[int, dict]:
   """(step, its saved test metrics) of the checkpoint `which` names in the run in `workdir`.
 
@@ -133,7 +130,7 @@ def resolve_step(workdir: str, which='latest') -> tuple[int, dict]:
       if step not in mngr.all_steps():
         raise CheckpointError(f'{workdir} has no checkpoint at step {step}; it has {sorted(mngr.all_steps())}')
     else:
-      raise CheckpointError(f'checkpoint {which!r}: expected {CHECKPOINT_CHOICES}')
+      raise CheckpointError(f'checkpoint {which!r}: expected {config_checks.CHECKPOINT_CHOICES}')
     if step is None:
       raise FileNotFoundError(f'{workdir} holds no complete checkpoint')
     return step, dict(mngr.metrics(step) or {})
@@ -175,17 +172,21 @@ def abstract_like(tree):
 IDENTITY_FIELDS = ('model', 'data.name', 'data.image_size', 'optim', 'bido', 'train.batch_size', 'train.epochs', 'seed')
 
 
-def check_same_run(saved: dict, config: ml_collections.ConfigDict, where: str, fields=IDENTITY_FIELDS):
-  """Raises CheckpointError naming every identity field (dotted) that differs from the saved config."""
-  current = json.loads(config.to_json_best_effort())
-  diffs = []
+def run_identity(config: dict, fields=IDENTITY_FIELDS) -> dict:
+  """The identity fields (dotted) of a config dict, as a nested dict."""
+  identity = {}
   for field in fields:
-    a, b = saved, current
+    value = config
     for part in field.split('.'):
-      a = a.get(part) if isinstance(a, dict) else None
-      b = b.get(part) if isinstance(b, dict) else None
-    if a != b:
-      diffs.append(f'  config.{field}: checkpoint has {a!r}, config has {b!r}')
-  if diffs:
-    raise CheckpointError(f'{where} holds a checkpoint of a different run:\n' + '\n'.join(diffs) +
-                          '\nUse a fresh --workdir, or relaunch with the config the run was started with.')
+      value = value.get(part) if isinstance(value, dict) else None
+    identity[field] = value
+  return identity
+
+
+def check_same_run(saved: dict, config: ml_collections.ConfigDict, where: str, fields=IDENTITY_FIELDS):
+  """Raises CheckpointError naming every identity leaf that differs from the config saved in a checkpoint."""
+  try:
+    reporting.check_same_run(run_identity(saved, fields), run_identity(reporting.config_json(config), fields), where,
+                             'run')
+  except reporting.DifferentRunError as e:
+    raise CheckpointError(str(e)) from None

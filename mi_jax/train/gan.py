@@ -16,9 +16,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from mi_jax import jobs
+from mi_jax import config_checks
 from mi_jax.data import pipeline, sources
-from mi_jax.train import checkpoint, reporting, sharding
+from mi_jax.train import checkpoint, loop, reporting, sharding
 from third_party.stylegan_jax import checkpoint as generator_io
 from third_party.stylegan_jax import networks, training
 
@@ -51,10 +51,10 @@ def hyperparams(config: ml_collections.ConfigDict) -> training.GanHyperparams:
 
 def validate_config(config: ml_collections.ConfigDict):
   """Fails early, naming the field, on values that would only break deep inside the job."""
-  check = jobs.check_field
+  check = config_checks.check_field
   size = config.data.image_size
   check(size >= 4 and size & (size - 1) == 0, 'data.image_size', size, 'expected a power of two >= 4')
-  jobs.check_positive_ints(config, (
+  config_checks.check_positive_ints(config, (
       'generator.z_dim', 'generator.w_dim', 'generator.mapping_layers', 'generator.channel_base',
       'generator.channel_max', 'discriminator.channel_base', 'discriminator.channel_max', 'train.steps',
       'train.batch_size', 'train.log_every_steps', 'train.checkpoint_every_steps', 'train.sample_every_steps',
@@ -91,15 +91,11 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str,
   state = jax.device_put(training.create_state(G, D, hp, config.seed), sharding.replicated(mesh))
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints,
                                  best_metric=None)
-  start_step, data_state = ckpt.latest_step() or 0, None
+  state, data_state, start_step = loop.restore_latest(ckpt, state, config, workdir, IDENTITY_FIELDS)
   if start_step:
-    checkpoint.check_same_run(ckpt.restore_config(start_step), config, f'{workdir}/checkpoints/{start_step}',
-                              fields=IDENTITY_FIELDS)
-    state, data_state, _ = ckpt.restore(start_step, checkpoint.abstract_like(state))
     logging.info('Resuming from %s/checkpoints/%d (%.1f kimg)', workdir, start_step, start_step * batch_size / 1e3)
-  train_iter = iter(pipeline.train_dataset(source, config.data, batch_size, epochs, config.seed, augment=False))
-  if data_state is not None:
-    train_iter.set_state(data_state)
+  train_iter = loop.resumed_iterator(
+      pipeline.train_dataset(source, config.data, batch_size, epochs, config.seed, augment=False), data_state)
   plain_step, r1_step = training.compile_train_steps(G, D, hp, sharding.replicated(mesh), sharding.data_sharded(mesh))
 
   # ---------------------------------------------------------------- reporting
@@ -121,28 +117,20 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str,
                batch_size, total_steps * batch_size / 1e3, mesh.devices.size)
 
   # ---------------------------------------------------------------- loop
-  window, r1_values = [], []
+  window = loop.MetricWindow()
   for step in range(start_step + 1, total_steps + 1):
     batch = next(train_iter)
-    if step == 1 and jax.process_index() == 0:
+    if step == 1:
       grid = reporting.image_grid(batch['image'][:config.train.num_samples])
       reporting.save_png(os.path.join(samples_dir, 'reals.png'), grid)
       writer.write_images(0, 'reals', grid)
       write_samples(0)
     with_r1 = step % hp.r1_interval == 0
     state, metrics = (r1_step if with_r1 else plain_step)(state, sharding.shard_batch(batch['image'], mesh))
-    window.append(metrics)
-    if with_r1:
-      r1_values.append(metrics['r1'])
+    window.add({k: v for k, v in metrics.items() if with_r1 or k != 'r1'})  # R1 only where it was computed
 
     if step % config.train.log_every_steps == 0 or step == total_steps:
-      summary = {k: float(np.mean(v)) for k, v in jax.device_get(
-          jax.tree.map(lambda *xs: np.stack(xs), *window)).items() if k != 'r1'}
-      if r1_values:
-        summary['r1'] = float(np.mean(jax.device_get(r1_values)))
-      window, r1_values = [], []
-      reporting.check_finite(step, summary, workdir,
-                             'Lower config.gan.g_lr/d_lr or raise config.gan.r1_gamma and relaunch.')
+      summary = window.flush(step, workdir, 'Lower config.gan.g_lr/d_lr or raise config.gan.r1_gamma and relaunch.')
       summary['kimg'] = step * batch_size / 1e3
       writer.write_scalars(step, summary)
       progress.update(step, {k: summary[k] for k in ('loss_g', 'loss_d', 'd_real', 'd_fake')})
@@ -173,3 +161,6 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str,
   logging.info('Done: %s', results)
   return results
 
+
+
+run = train_gan  # the `gan` job (mi_jax/jobs.py)

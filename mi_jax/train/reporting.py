@@ -20,20 +20,61 @@ def format_duration(seconds: float) -> str:
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
+# Every writer here writes on process 0 only (every process holds the same values: results are gathered
+# first) and atomically (a temporary file renamed into place), so a killed job never leaves half a file.
+
+def _on_process_zero() -> bool:
+  return jax.process_index() == 0
+
+
 def write_json(path: str, obj, indent: int | None = 2):
-  """Writes `obj` to `path` atomically, on process 0 only (every process holds the same value)."""
-  if jax.process_index() == 0:
+  """`obj` as JSON at `path`."""
+  if _on_process_zero():
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
       json.dump(obj, f, indent=indent)
     os.replace(tmp, path)
 
 
+def config_json(config) -> dict:
+  """A ConfigDict as plain JSON data (what attack.json, results.json and run identities record)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def _leaves(tree, prefix: str = '') -> dict:
+  """{dotted path: value} of a JSON-like tree (lists are values)."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(_leaves(value, f'{prefix}.{key}' if prefix else str(key)))
+  return out
+
+
+class DifferentRunError(ValueError):
+  """A workdir that holds another run than the config describes."""
+
+
+def check_same_run(saved: dict, current: dict, where: str, what: str = 'run'):
+  """Raises DifferentRunError listing every leaf (dotted) where `current` differs from `saved`.
+
+  Both are the identity of a run: the config fields whose change makes its saved state meaningless.
+  """
+  old, new = _leaves(saved), _leaves(current)
+  diffs = [f'  config.{k}: {where} has {old.get(k)!r}, the config has {new.get(k)!r}'
+           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+  if diffs:
+    raise DifferentRunError(f'{where} holds a different {what}:\n' + '\n'.join(diffs) +
+                            '\nUse a fresh --workdir, or relaunch with the config it was started with.')
+
+
 def save_npz(path: str, **arrays):
-  """np.savez to `path` atomically: a killed job never leaves half a file."""
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  """np.savez to `path` (its directory made if need be)."""
+  if _on_process_zero():
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def write_results(workdir: str, results: dict):
@@ -146,6 +187,8 @@ def image_grid(images: np.ndarray, ncols: int = 8, pad: int = 2) -> np.ndarray:
 
 
 def save_png(path: str, grid: np.ndarray):
-  tmp = path + '.tmp.png'
-  PIL.Image.fromarray(grid).save(tmp)
-  os.replace(tmp, path)
+  """A uint8 grid (image_grid) as a PNG at `path`."""
+  if _on_process_zero():
+    tmp = path + '.tmp.png'
+    PIL.Image.fromarray(grid).save(tmp)
+    os.replace(tmp, path)

@@ -14,10 +14,50 @@ import jax
 import ml_collections
 import numpy as np
 
-from mi_jax import convert, models
+from mi_jax import config_checks, convert, models
 from mi_jax.data import pipeline, sources
 from mi_jax.defenses import bido
-from mi_jax.train import checkpoint, optim, reporting, sharding, state as state_lib, steps
+from mi_jax.train import checkpoint, loop, optim, reporting, sharding, state as state_lib, steps
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """Fails before any work, naming the field, on a classifier config that would break inside the job."""
+  check = config_checks.check_field
+  models.build_model(config.model)  # validates name, dtype, skip and the family's options
+  sources.resolve(config.data)  # validates the data set name without touching data_dir
+  config_checks.check_positive_ints(config, ('train.batch_size', 'train.eval_every_epochs', 'train.log_every_steps',
+                                             'train.keep_checkpoints', 'data.image_size', 'model.num_classes'))
+  epochs, init_file = config.train.epochs, config.model.init_file
+  check(isinstance(epochs, int) and epochs >= 0, 'train.epochs', epochs,
+        'expected an integer >= 0 (0 = use config.model.init_file as it is)')
+  check(epochs > 0 or bool(init_file), 'train.epochs', epochs,
+        '0 means "use config.model.init_file as it is", but config.model.init_file is empty')
+  check(not init_file or os.path.isfile(os.path.expanduser(init_file)), 'model.init_file', init_file, 'no such file',
+        FileNotFoundError)
+  check(config.train.aux_loss_weight >= 0, 'train.aux_loss_weight', config.train.aux_loss_weight, 'expected >= 0')
+  check(config.model.width >= 0, 'model.width', config.model.width, 'expected >= 0 (0 = the architecture default)')
+  check(config.num_devices >= 0, 'num_devices', config.num_devices, 'expected >= 0 (0 = all devices)')
+  check(config.data.worker_count >= 0, 'data.worker_count', config.data.worker_count, 'expected >= 0')
+  check(config.optim.lr > 0, 'optim.lr', config.optim.lr, 'expected > 0')
+  check(list(config.optim.lr_milestones) == sorted(config.optim.lr_milestones), 'optim.lr_milestones',
+        config.optim.lr_milestones, 'expected increasing epochs')
+  bido.validate_config(config)
+  config_checks.check_range(config, 'data.augment.rrc_scale')
+  ratio = config.data.augment.rrc_ratio
+  check(len(ratio) == 2 and 0 < ratio[0] <= ratio[1], 'data.augment.rrc_ratio', ratio,
+        'expected (low, high) with 0 < low <= high')
+
+
+def as_imported(config: ml_collections.ConfigDict):
+  """No training: config.model.init_file is the finished model, used as it is (train.epochs = 0).
+
+  Every weight, the head included, must then come from the file (init_reinit is emptied); an
+  Inception-v3's auxiliary head is read past, as evaluation never uses it.
+  """
+  config.train.epochs = 0
+  config.model.init_reinit = ()
+  if 'aux_logits' in config.model:
+    config.model.aux_logits = False
 
 
 def evaluate(eval_step, state, source, data_config, batch_size: int, mesh) -> dict:
@@ -72,7 +112,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_step, eval_step = steps.compile_steps(mesh, learning_rate_fn, regularizer, config.train.aux_loss_weight)
 
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints)
-  data_state = None
   start_step = ckpt.latest_step() or 0
   imported = total_steps == 0  # train.epochs = 0: the init_file is the model, used as it is
   if init_variables is None and config.model.init_file:
@@ -80,16 +119,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if not start_step and init_variables is not None:
     start = init_variables({'params': state.params, 'batch_stats': state.batch_stats})
     state = state.replace(params=start['params'], batch_stats=start['batch_stats'])
-  state = jax.device_put(state, sharding.replicated(mesh))
+  state, data_state, _ = loop.restore_latest(ckpt, jax.device_put(state, sharding.replicated(mesh)), config, workdir)
   if start_step:
-    checkpoint.check_same_run(ckpt.restore_config(start_step), config, f'{workdir}/checkpoints/{start_step}')
-    state, data_state, _ = ckpt.restore(start_step, checkpoint.abstract_like(state))
     logging.info('Resuming from %s/checkpoints/%d (epoch %.2f)', workdir, start_step, start_step / steps_per_epoch)
-
-  train_iter = None if imported else iter(pipeline.train_dataset(train_source, config.data, batch_size,
-                                                                   config.train.epochs, config.seed))
-  if data_state is not None and train_iter is not None:
-    train_iter.set_state(data_state)
+  train_iter = None if imported else loop.resumed_iterator(
+      pipeline.train_dataset(train_source, config.data, batch_size, config.train.epochs, config.seed), data_state)
 
   writer = reporting.MetricWriter(workdir, resume_step=start_step)
   progress = reporting.Progress(total_steps, batch_size)
@@ -97,22 +131,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                config.model.name, config.data.name, len(train_source), steps_per_epoch, total_steps, mesh.devices.size)
 
   # ---------------------------------------------------------------- loop
-  window = []
+  window = loop.MetricWindow()
   test_metrics = {}
   for step in range(start_step + 1, total_steps + 1):
     batch = next(train_iter)
-    if step == 1 and jax.process_index() == 0:
+    if step == 1:
       grid = reporting.image_grid(batch['image'][:64])
       reporting.save_png(os.path.join(workdir, 'train_inputs.png'), grid)
       writer.write_images(0, 'train_inputs', grid)
     state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
-    window.append(metrics)
+    window.add(metrics)
 
     if step % config.train.log_every_steps == 0 or step % eval_every == 0 or step == total_steps:
-      summary = {f'train_{k}': float(np.mean(v)) for k, v in jax.device_get(
-          jax.tree.map(lambda *xs: np.stack(xs), *window)).items()}
-      window = []
-      reporting.check_finite(step, summary, workdir, 'Lower config.optim.lr or check the data.')
+      summary = window.flush(step, workdir, 'Lower config.optim.lr or check the data.', prefix='train_')
       summary['epoch'] = step / steps_per_epoch
       writer.write_scalars(step, summary)
       progress.update(step, {'loss': summary['train_loss'], 'acc': summary['train_accuracy']})
@@ -146,3 +177,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   ckpt.close()
   logging.info('Done: %s', results)
   return results
+
+
+run = train_and_evaluate  # the `train` job (mi_jax/jobs.py)

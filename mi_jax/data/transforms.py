@@ -1,4 +1,4 @@
-"""Batched, jittable image transforms of the attack (NHWC, values in [-1, 1]).
+"""Batched, jittable image transforms (NHWC, values in [-1, 1]): the attack's framing and crops, evaluation resizes.
 
 PPA applies torchvision transforms to whole batches, so one random crop (and one
 flip decision) serves every image of a batch at a given step; the random

@@ -1,0 +1,101 @@
+"""What an attack leaves in its workdir: the half of the attack interface that evaluation reads.
+
+Every attack (mi_jax/attacks) writes, and the metrics and analyses read only through this module:
+
+  attack.json              `settings` (the attack's job config, with its generator directory and the
+                           framing: centre crop, antialias), `target_config`, `target_step`,
+                           `target_metrics` and the attack's summary;
+  final/class_<c>.npz      `w` [n, w_dim] and `scores` [n] of the images kept for class c, best first
+                           (scores: the target's final-selection confidence);
+  optimized/batch_<i>.npz  every optimised latent (`w`, `classes`) and its batch's per-step log:
+                           `loss`, `finite`, `w_grad_abs_mean`, `w_grad_abs_std`, `grad_norm/<stage>`.
+
+Images are never stored for the metrics: they are rendered from the latents with the generator the
+attack used, float and unclipped, as PPA regenerates them for every metric (`make_renderer`).
+"""
+
+import functools
+import glob
+import json
+import os
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from mi_jax.data import transforms
+from third_party.stylegan_jax import checkpoint as generator_io
+from third_party.stylegan_jax import networks
+
+ATTACK_FILE = 'attack.json'
+GRAD_NORM_PREFIX = 'grad_norm/'  # per-stage norms of dL/dz_i in the batch logs
+
+
+class AttackOutputError(ValueError):
+  """An attack workdir that does not hold what is asked of it."""
+
+
+def final_path(workdir: str, target_class: int) -> str:
+  return os.path.join(workdir, 'final', f'class_{target_class:05d}.npz')
+
+
+def batch_path(workdir: str, batch: int) -> str:
+  return os.path.join(workdir, 'optimized', f'batch_{batch:05d}.npz')
+
+
+def read_attack(workdir: str) -> dict:
+  """attack.json of a finished attack."""
+  path = os.path.join(workdir, ATTACK_FILE)
+  if not os.path.exists(path):
+    raise AttackOutputError(f'{workdir} holds no {ATTACK_FILE}: the attack has not finished')
+  with open(path) as f:
+    return json.load(f)
+
+
+def final_latents(workdir: str):
+  """(w [N, w_dim], target classes [N], final-selection confidences [N]) of the kept images, class by class."""
+  paths = sorted(glob.glob(os.path.join(workdir, 'final', 'class_*.npz')))
+  if not paths:
+    raise AttackOutputError(f'{workdir} holds no final latents (final/class_*.npz): run the attack first')
+  ws, targets, confidences = [], [], []
+  for path in paths:
+    with np.load(path) as f:
+      ws.append(f['w'])
+      confidences.append(f['scores'])
+      targets.append(np.full(len(f['scores']), int(os.path.basename(path)[len('class_'):-len('.npz')])))
+  return np.concatenate(ws), np.concatenate(targets), np.concatenate(confidences)
+
+
+def batch_logs(workdir: str) -> Iterator[dict]:
+  """Each finished optimisation batch's arrays (w, classes and the per-step log), in batch order."""
+  paths = sorted(glob.glob(os.path.join(workdir, 'optimized', 'batch_*[0-9].npz')))
+  if not paths:
+    raise AttackOutputError(f'{workdir} holds no optimised latents (optimized/batch_*.npz): run the attack first')
+  for path in paths:
+    with np.load(path) as f:
+      yield {k: f[k] for k in f.files}
+
+
+def optimized_latents(workdir: str):
+  """(w [M, w_dim], target classes [M]) of every optimised latent, before final selection."""
+  batches = list(batch_logs(workdir))
+  return np.concatenate([b['w'] for b in batches]), np.concatenate([b['classes'] for b in batches])
+
+
+def make_renderer(workdir: str, antialias: bool | None = None):
+  """render(w [B, w_dim], size) -> float images [B, size, size, C] framed as the attack framed them.
+
+  The generator (const noise, one w for every layer) and the centre crop of the attack in `workdir`,
+  then the resize to `size`, antialiased per `antialias` (None: as the attack's own resizes).
+  """
+  settings = read_attack(workdir)['settings']
+  gen_config, gen_vars, _ = generator_io.load_generator(settings['generator']['dir'])
+  G = networks.Generator(gen_config)
+  crop = settings['attack']['center_crop']
+  antialias = settings['attack'].get('antialias', True) if antialias is None else antialias
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def render(w, size):
+    images = G.apply(gen_vars, w[:, None], noise_mode='const', method=G.synthesize)
+    return transforms.generator_to_classifier(images, crop, size, antialias)
+  return render
