@@ -24,7 +24,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from mi_jax import models  # pylint: disable=g-import-not-at-top
 from mi_jax.attacks import optimize, ppa  # pylint: disable=g-import-not-at-top
 from mi_jax.train import sharding  # pylint: disable=g-import-not-at-top
-from third_party.stylegan_jax import networks  # pylint: disable=g-import-not-at-top
+from mi_jax.stylegan import networks  # pylint: disable=g-import-not-at-top
 import _timing  # pylint: disable=g-import-not-at-top  # bench/, beside this script
 
 _SIZES = flags.DEFINE_list('sizes', ['demo', 'large'], 'demo and/or large.')

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from third_party.stylegan_jax import networks
+from mi_jax.stylegan import networks
 import _timing  # bench/, beside this script
 
 _RESOLUTIONS = flags.DEFINE_list('resolutions', ['32', '64', '128'], 'Output resolutions.')

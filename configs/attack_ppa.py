@@ -1,4 +1,4 @@
-"""PPA: invert a trained target with a StyleGAN2 prior (reference/ppa.md; FaceScrub/FFHQ defaults).
+"""PPA: invert a trained target with a StyleGAN2 prior (Struppek et al., ICML 2022; Plug-and-Play-Attacks configs/attacking/FaceScrub_FFHQ.yaml defaults).
 
   python launch.py --config=configs/attack_ppa.py --workdir=/ckpt/r101_attack \\
       --config.target.workdir=/ckpt/r101_full --config.generator.dir=~/generators/ffhq

@@ -24,8 +24,8 @@ import jax
 import numpy as np
 
 from mi_jax.data import transforms
-from third_party.stylegan_jax import checkpoint as generator_io
-from third_party.stylegan_jax import networks
+from mi_jax.stylegan import checkpoint as generator_io
+from mi_jax.stylegan import networks
 
 ATTACK_FILE = 'attack.json'
 GRAD_NORM_PREFIX = 'grad_norm/'  # per-stage norms of dL/dz_i in the batch logs

@@ -82,6 +82,7 @@ def test_recording_hidden_features_leaves_the_logits_unchanged():
   np.testing.assert_allclose(apply(variables, images), logits, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_regularised_step_adds_the_hsic_terms():
   config = bido_config.get_config()
   config.model = _model_config('resnet18')

@@ -31,7 +31,7 @@ def test_presets_validate():
 
 
 def test_paper_defaults():
-  """The base recipe is PPA's target training (reference/mission.md 2.1)."""
+  """The base recipe is PPA's target training (Plug-and-Play-Attacks configs/training/targets/*.yaml, as the RoLSS code)."""
   config = baseline.get_config()
   assert (config.optim.name, config.optim.lr, config.optim.b1, config.optim.b2) == ('adam', 1e-3, 0.9, 0.999)
   assert config.optim.lr_milestones == (75, 90) and config.optim.lr_gamma == 0.1

@@ -6,60 +6,19 @@ skipped with the reason when torch is absent.
 
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 torch = pytest.importorskip('torch', reason="torch is not installed (pip install -e '.[test,torch]')")
 
 from mi_jax import convert, models  # pylint: disable=g-import-not-at-top
-from mi_jax.convert import torch_compat  # pylint: disable=g-import-not-at-top
 from mi_jax.convert import torchvision as tv_convert  # pylint: disable=g-import-not-at-top
 from mi_jax.defenses import transplant  # pylint: disable=g-import-not-at-top
-
-
-def _torchvision_models(seed: int):
-  """torchvision.models, with torch's global RNG seeded so the nets built next get the same default init."""
-  try:
-    tvm = torch_compat.import_torchvision().models
-  except ImportError:
-    pytest.skip('torchvision is not installed (pip install -e ".[torch]")')
-  torch.manual_seed(seed)
-  return tvm
-
-
-def _randomised(net, seed):
-  """Random BN statistics and affine parameters, a scaled-up head, eval mode.
-
-  BN scales in [0.6, 1.0] keep a deep net's activations from growing to ~1e3 (where float32
-  rounding alone exceeds 1e-4), and the head is scaled x20 so that logits are O(10) and differ
-  between inputs: an absolute 1e-4 tolerance then means something.
-  """
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, tensor in net.state_dict().items():
-      if tensor.dtype.is_floating_point:
-        if name.endswith('running_var'):
-          tensor.copy_(0.5 + torch.rand(tensor.shape, generator=gen))
-        elif name.endswith(('running_mean', 'bias')):
-          tensor.copy_(0.1 * torch.randn(tensor.shape, generator=gen))
-        elif name.endswith('weight') and tensor.ndim == 1:
-          tensor.copy_(0.6 + 0.4 * torch.rand(tensor.shape, generator=gen))
-    head = getattr(net, 'fc', None) or getattr(net, 'classifier', None)
-    if head is not None:
-      head.weight.mul_(20.0)
-  return net.eval()
-
-
-def _model_config(name, num_classes, **kw):
-  config = dict(name=name, num_classes=num_classes, skip=(1, 1, 1, 1), width=0, stem='imagenet',
-                dtype='float32', skip_mode='truncate', init_file='', init_reinit=())
-  config.update(kw)
-  return ml_collections.ConfigDict(config)
+from torch_reference import model_config, randomised, torchvision_models  # pylint: disable=g-import-not-at-top
 
 
 def _parity(name, torch_net, state_dict, input_size=64, **config_fields):
-  config = _model_config(name, 7, **config_fields)
+  config = model_config(name, 7, **config_fields)
   model = models.build_model(config)
   fresh = models.init_variables(model, (1, input_size, input_size, 3), jax.random.PRNGKey(0))
   variables, report = tv_convert.merge_into(tv_convert.to_flax(tv_convert.clean_state_dict(state_dict),
@@ -75,17 +34,18 @@ def _parity(name, torch_net, state_dict, input_size=64, **config_fields):
 
 @pytest.mark.parametrize('name', ['resnet18', 'resnet50'])
 def test_resnet_parity_with_torchvision(name):
-  tvm = _torchvision_models(seed=1)
-  net = _randomised(getattr(tvm, name)(num_classes=7), seed=1)
+  tvm = torchvision_models(seed=1)
+  net = randomised(getattr(tvm, name)(num_classes=7), seed=1)
   assert _parity(name, net, {k: v.numpy() for k, v in net.state_dict().items()}) <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, plain_blocks', [('resnet18', (1,)), ('resnet50', (4, 5))])
 def test_legacy_stage3_split_drops_the_skips_the_released_code_drops(name, plain_blocks):
   """model.legacy_stage3_split=0.8: the RoLSS release's layer3 built with split=0.8, i.e. its blocks
   int(0.8 n) .. n-1 without the identity, checked against torchvision's net with those blocks rewired."""
-  tvm = _torchvision_models(seed=12)
-  net = _randomised(getattr(tvm, name)(num_classes=7), seed=12)
+  tvm = torchvision_models(seed=12)
+  net = randomised(getattr(tvm, name)(num_classes=7), seed=12)
   state = {k: v.numpy() for k, v in net.state_dict().items()}
 
   def without_identity(block):
@@ -104,9 +64,10 @@ def test_legacy_stage3_split_drops_the_skips_the_released_code_drops(name, plain
   assert _parity(name, net, state) > 1e-2  # and the rewiring changes the function
 
 
+@pytest.mark.slow
 def test_densenet_parity_with_torchvision_and_legacy_names():
-  tvm = _torchvision_models(seed=2)
-  net = _randomised(tvm.densenet121(num_classes=7), seed=2)
+  tvm = torchvision_models(seed=2)
+  net = randomised(tvm.densenet121(num_classes=7), seed=2)
   state = {k: v.numpy() for k, v in net.state_dict().items()}
   assert _parity('densenet121', net, state) <= 1e-4
   # The released .pth files name dense-layer parts norm.1/conv.2; PPA wraps the net as `model.`.
@@ -117,11 +78,11 @@ def test_densenet_parity_with_torchvision_and_legacy_names():
 
 
 def test_init_file_with_new_head_and_clear_errors(tmp_path):
-  tvm = _torchvision_models(seed=3)
-  net = _randomised(tvm.resnet18(num_classes=1000), seed=3)
+  tvm = torchvision_models(seed=3)
+  net = randomised(tvm.resnet18(num_classes=1000), seed=3)
   path = tmp_path / 'resnet18_imagenet.pth'
   torch.save({'model_state_dict': {'module.' + k: v for k, v in net.state_dict().items()}}, path)
-  config = _model_config('resnet18', 5, init_file=str(path), init_reinit=('fc',))
+  config = model_config('resnet18', 5, init_file=str(path), init_reinit=('fc',))
   model = models.build_model(config)
   fresh = jax.device_get(models.init_variables(model, (1, 32, 32, 3), jax.random.PRNGKey(0)))
   variables = convert.init_from_file(config, fresh)
@@ -143,6 +104,7 @@ def test_init_file_with_new_head_and_clear_errors(tmp_path):
                                              'densenet'), fresh)
 
 
+@pytest.mark.slow
 def test_a_weight_file_used_as_it_is_is_a_checkpoint_with_torchs_function(tmp_path):
   """train.epochs = 0: the job writes the file's model as step 0, evaluated on the test split; loading it
   gives torchvision's logits on the same images. A file of another class count lists what does not fit."""
@@ -156,8 +118,8 @@ def test_a_weight_file_used_as_it_is_is_a_checkpoint_with_torchs_function(tmp_pa
     (tmp_path / 'raw' / f'class{c}').mkdir(parents=True)
     for i in range(10):
       PIL.Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / 'raw' / f'class{c}' / f'{i}.png')
-  tvm = _torchvision_models(seed=13)
-  net = _randomised(tvm.resnet18(num_classes=3), seed=13)
+  tvm = torchvision_models(seed=13)
+  net = randomised(tvm.resnet18(num_classes=3), seed=13)
   torch.save(net.state_dict(), tmp_path / 'resnet18.pth')
   config = baseline.get_config('tiny')
   config.data.update(name='image_folder/toy', data_dir=str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'raw'),

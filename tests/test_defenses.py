@@ -11,7 +11,7 @@ import pytest
 from configs import ssf, tts as tts_config
 from mi_jax import jobs, models
 from mi_jax.defenses import transplant, tts
-from mi_jax.train import checkpoint
+from mi_jax.train import checkpoint, trainer
 
 
 def _variables(skip, width=4):
@@ -97,31 +97,49 @@ def _tts_tiny(tfds_dir):
 
 @pytest.fixture(scope='module')
 def tts_reference(tmp_path_factory, tfds_dir):
+  """A TTS run, recording the variables the trainer's stage 2 starts from (its init_variables hook)."""
   workdir = str(tmp_path_factory.mktemp('tts'))
-  results = tts.train_tts(_tts_tiny(tfds_dir), workdir)
-  return workdir, results
+  started_from = {}
+  train = trainer.train_and_evaluate
+
+  def recording(config, stage_dir, on_step=None, init_variables=None):
+    if init_variables is not None:  # stage 2: keep what the hook hands the trainer
+      def hook(fresh):
+        started_from.update(init_variables(fresh))
+        return started_from
+      return train(config, stage_dir, on_step=on_step, init_variables=hook)
+    return train(config, stage_dir, on_step=on_step)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(trainer, 'train_and_evaluate', recording)
+    results = tts.train_tts(_tts_tiny(tfds_dir), workdir)
+  return workdir, results, started_from
 
 
-def test_tts_runs_both_stages_from_stage1_weights(tts_reference, tfds_dir):
-  workdir, results = tts_reference
+@pytest.mark.slow
+def test_tts_runs_both_stages_from_stage1_weights(tts_reference):
+  workdir, results, started_from = tts_reference
   assert checkpoint.latest_step_in(os.path.join(workdir, 'stage1')) == 25
   assert checkpoint.latest_step_in(os.path.join(workdir, 'stage2')) == 50
   with open(os.path.join(workdir, 'stage2', 'transplant.json')) as f:
     report = json.load(f)
   assert report['reinitialised'] == [] and len(report['copied']) > 50
   assert results['stage2']['test_accuracy'] == results['test_accuracy'] > 0.5
-  # What stage 2 starts from is exactly stage 1's final variables.
+  # What the trainer's stage 2 started from is exactly stage 1's final variables, leaf by leaf.
   stage1 = checkpoint.load_variables(os.path.join(workdir, 'stage1'))
-  config = _tts_tiny(tfds_dir)
-  fresh = models.init_variables(models.build_model(config.model), (1, 16, 16, 1), jax.random.PRNGKey(0))
-  moved, _ = transplant.transplant(stage1, {k: jax.device_get(fresh[k]) for k in ('params', 'batch_stats')})
-  for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(stage1)):
+  assert jax.tree.structure(started_from) == jax.tree.structure(stage1)
+  for a, b in zip(jax.tree.leaves(started_from), jax.tree.leaves(stage1)):
     np.testing.assert_array_equal(a, b)
+  # ... and stage 2 trained on from there: its final weights differ from them.
+  final = checkpoint.load_variables(os.path.join(workdir, 'stage2'))
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(final['params']),
+                                                        jax.tree.leaves(stage1['params'])))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stage, step', [('stage1', 10), ('stage2', 30)])
 def test_tts_resumes_in_the_stage_it_was_killed_in(tts_reference, tfds_dir, tmp_path, stage, step):
-  reference_dir, _ = tts_reference
+  reference_dir, _, _ = tts_reference
 
   def stop(name, at):
     if (name, at) == (stage, step):

@@ -19,7 +19,7 @@ from mi_jax.convert import torchvision as tv_convert  # pylint: disable=g-import
 from mi_jax.models import facenet, inception  # pylint: disable=g-import-not-at-top
 from mi_jax.train import steps  # pylint: disable=g-import-not-at-top
 
-from test_convert import _model_config, _randomised, _torchvision_models  # pylint: disable=g-import-not-at-top
+from torch_reference import model_config, randomised, torchvision_models  # pylint: disable=g-import-not-at-top
 
 
 def _compare(module, variables, torch_net, size, seed, **apply_kwargs):
@@ -34,13 +34,14 @@ def _compare(module, variables, torch_net, size, seed, **apply_kwargs):
   return float(np.abs(got - want).max()), float(np.abs(want).max())
 
 
+@pytest.mark.slow
 def test_inception_v3_parity_with_torchvision_and_init_file(tmp_path):
-  tvm = _torchvision_models(seed=4)
-  net = _randomised(tvm.inception_v3(weights=None, aux_logits=True, init_weights=True, num_classes=7), seed=4)
+  tvm = torchvision_models(seed=4)
+  net = randomised(tvm.inception_v3(weights=None, aux_logits=True, init_weights=True, num_classes=7), seed=4)
   # A PPA-style file: the auxiliary head is in it; a Flax model without one drops it.
   path = tmp_path / 'inception_v3.pth'
   torch.save({'model_state_dict': net.state_dict()}, path)
-  config = _model_config('inception_v3', 7, skip=())
+  config = model_config('inception_v3', 7, skip=())
   model = models.build_model(config)
   fresh = jax.device_get(models.init_variables(model, (1, 75, 75, 3), jax.random.PRNGKey(0)))
   config.init_file = str(path)
@@ -49,9 +50,10 @@ def test_inception_v3_parity_with_torchvision_and_init_file(tmp_path):
   assert error <= 1e-4 * max(scale, 1.0), (error, scale)
 
 
+@pytest.mark.slow
 def test_inception_v3_transform_input_and_aux_head_match_torchvision(tmp_path):
   """PPA's evaluation model: inception_v3(transform_input=True, aux_logits=True), imported as it is."""
-  tvm = _torchvision_models(seed=8)
+  tvm = torchvision_models(seed=8)
   net = tvm.inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=True, num_classes=7,
                          dropout=0.0)
   size = 299  # the auxiliary head's 5x5 conv after its 5x5/3 pool needs Mixed_6e's 17x17: the full size
@@ -66,7 +68,7 @@ def test_inception_v3_transform_input_and_aux_head_match_torchvision(tmp_path):
   net.eval()
   path = tmp_path / 'inception_v3_facescrub.pt'
   torch.save(net.state_dict(), path)
-  config = _model_config('inception_v3', 7, skip=(), transform_input=True, aux_logits=True, init_file=str(path),
+  config = model_config('inception_v3', 7, skip=(), transform_input=True, aux_logits=True, init_file=str(path),
                          init_reinit=('fc',))
   model = models.build_model(config)
   assert model.transform_input and model.aux_logits
@@ -98,11 +100,11 @@ def test_inception_v3_transform_input_and_aux_head_match_torchvision(tmp_path):
 
 
 def test_an_imported_evaluation_model_must_fit_its_config(tmp_path):
-  tvm = _torchvision_models(seed=9)
+  tvm = torchvision_models(seed=9)
   net = tvm.inception_v3(weights=None, aux_logits=True, init_weights=False, num_classes=9)
   path = tmp_path / 'other.pt'
   torch.save(net.state_dict(), path)
-  config = _model_config('inception_v3', 7, skip=(), aux_logits=True, init_file=str(path), init_reinit=('fc',))
+  config = model_config('inception_v3', 7, skip=(), aux_logits=True, init_file=str(path), init_reinit=('fc',))
   model = models.build_model(config)
   fresh = jax.device_get(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 299, 299, 3)))))
   with pytest.raises(ValueError, match=r'(?s)\(inception_v3, num_classes=7, aux_logits=True\).*'
@@ -115,9 +117,9 @@ def test_an_imported_evaluation_model_must_fit_its_config(tmp_path):
 
 def test_fid_inception_parity_with_pytorch_fid(tmp_path, monkeypatch):
   fid_inception = pytest.importorskip('pytorch_fid.inception', reason='pytorch-fid is not installed')
-  tvm = _torchvision_models(seed=5)
+  tvm = torchvision_models(seed=5)
   # The FID network has torchvision's parameters (1008 classes, no aux head); only its pools differ.
-  weights = _randomised(tvm.inception_v3(weights=None, aux_logits=False, init_weights=True, num_classes=1008),
+  weights = randomised(tvm.inception_v3(weights=None, aux_logits=False, init_weights=True, num_classes=1008),
                         seed=5).state_dict()
   monkeypatch.setattr(fid_inception, 'load_state_dict_from_url', lambda *a, **k: weights)  # no download
   net = fid_inception.InceptionV3([3], resize_input=False, normalize_input=False).eval()
@@ -134,9 +136,9 @@ def test_fid_inception_parity_with_pytorch_fid(tmp_path, monkeypatch):
 
 
 def test_facenet_parity_with_facenet_pytorch(tmp_path):
-  _torchvision_models(seed=6)  # facenet-pytorch imports torchvision (through the CPU shim)
+  torchvision_models(seed=6)  # facenet-pytorch imports torchvision (through the CPU shim)
   irv1 = pytest.importorskip('facenet_pytorch.models.inception_resnet_v1', reason='facenet-pytorch is not installed')
-  net = _randomised(irv1.InceptionResnetV1(pretrained=None, classify=False, num_classes=11), seed=6)
+  net = randomised(irv1.InceptionResnetV1(pretrained=None, classify=False, num_classes=11), seed=6)
   # A random net's embedding barely depends on its input; standardising the pre-BN features with
   # their batch statistics makes the input-dependent part dominate, so the comparison means something.
   captured = []

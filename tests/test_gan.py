@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from mi_jax import jobs
-from third_party.stylegan_jax import checkpoint as generator_io
-from third_party.stylegan_jax import networks, training
+from mi_jax.stylegan import checkpoint as generator_io
+from mi_jax.stylegan import networks, training
 
 
 def test_minibatch_std_matches_numpy():
@@ -44,6 +44,7 @@ def tiny_gan():
   return G, D
 
 
+@pytest.mark.slow
 def test_style_mixing_switches_latents_at_one_cutoff(tiny_gan):
   G, _ = tiny_gan
   variables = G.init(jax.random.key(0), jnp.zeros((1, 8)))
@@ -59,6 +60,7 @@ def test_style_mixing_switches_latents_at_one_cutoff(tiny_gan):
                                                                     mixed[:, cutoff:].shape))
 
 
+@pytest.mark.slow
 def test_r1_is_the_squared_input_gradient_norm(tiny_gan):
   _, D = tiny_gan
   real = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 8, 8, 1)), jnp.float32)
@@ -79,6 +81,7 @@ def test_r1_is_the_squared_input_gradient_norm(tiny_gan):
   np.testing.assert_allclose(r1[0], float(slope) ** 2, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_train_step_updates_g_d_and_ema(tiny_gan):
   G, D = tiny_gan
   hp = training.GanHyperparams(r1_interval=2)
@@ -109,6 +112,7 @@ def tiny_gan_config(tfds_dir, steps):
   return config
 
 
+@pytest.mark.slow
 def test_gan_job_resumes_after_a_kill_like_an_uninterrupted_run(tmp_path, tfds_dir):
   straight = str(tmp_path / 'straight')
   jobs.run(tiny_gan_config(tfds_dir, 4), straight)

@@ -45,7 +45,7 @@ def test_frechet_distance_closed_forms():
 
 
 def test_delta_ratio_reproduces_the_paper_table():
-  # ResNet-34 on FaceScrub (reference/mission.md §4.1): No Def. 94.69 / 90.78.
+  # ResNet-34 on FaceScrub (the paper's Table 1): No Def. 94.69 / 90.78.
   assert scores.delta_ratio(94.69, 90.78, 91.38, 71.86) == pytest.approx(5.72, abs=0.005)   # RoLSS
   assert scores.delta_ratio(94.69, 90.78, 94.40, 81.65) == pytest.approx(31.48, abs=0.005)  # TTS
   assert scores.delta_ratio(94.69, 90.78, 91.66, 81.98) == pytest.approx(2.90, abs=0.005)   # BiDO

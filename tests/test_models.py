@@ -176,6 +176,7 @@ def _randomise(tree, key, low, high):
   return jax.tree.unflatten(treedef, [jax.random.uniform(k, x.shape, x.dtype, low, high) for k, x in zip(keys, leaves)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('dtype, tol', [('float64', 1e-10), ('float32', 2e-4)])
 @pytest.mark.parametrize('skip', [(1, 1, 1, 1), (1, 0.5, 0, 1)])
 def test_repvgg_reparameterisation_keeps_outputs_and_input_gradients(dtype, tol, skip):
@@ -239,6 +240,7 @@ _FAMILIES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('family', sorted(_FAMILIES))
 def test_every_family_trains_with_each_skip_setting(family):
   from mi_jax.train import sharding, state as state_lib, steps  # pylint: disable=g-import-not-at-top

@@ -20,7 +20,7 @@ from mi_jax.data import transforms
 from mi_jax.data import augment
 from mi_jax.metrics import evaluate, scores
 from mi_jax.train import checkpoint
-from third_party.stylegan_jax import networks, save_generator
+from mi_jax.stylegan import networks, save_generator
 
 GEN = networks.GeneratorConfig(z_dim=8, w_dim=8, img_resolution=16, img_channels=1, mapping_layers=2,
                                channel_base=64, channel_max=8)
@@ -55,6 +55,7 @@ def tiny_study(tmp_path_factory, tfds_dir):
   return config, workdir, rows
 
 
+@pytest.mark.slow
 def test_study_writes_the_table_and_the_figures(tiny_study):
   _, workdir, rows = tiny_study
   assert [r['defense'] for r in rows] == ['No defense', 'TTS']
@@ -131,6 +132,7 @@ def test_paper_protocol_per_architecture_settings_and_required_files(tmp_path):
   assert reproduce.row_config(config, 'resnet34', 'none').model.init_file == ''
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_work_and_redoes_what_is_missing(tiny_study):
   config, workdir, rows = tiny_study
   train_results = os.path.join(workdir, 'resnet18', 'none', 'train', 'results.json')
@@ -161,6 +163,7 @@ def _metrics(**fields):
   return metrics
 
 
+@pytest.mark.slow
 def test_evaluation_of_private_images_has_known_answers(tiny_study):
   """Final 'attack' images that are private training images: KNN distance 0, and the attack accuracy
   is the evaluation model's accuracy on those images."""
@@ -186,6 +189,7 @@ def test_fid_inputs_standard_and_ppa_quirk():
   np.testing.assert_array_equal(evaluate.fid_inputs(images, quirk=True), [-3.0, -1.0, 1.0])
 
 
+@pytest.mark.slow
 def test_private_images_are_resized_once_from_the_originals(tiny_study):
   """KNN references: PIL's resize of the stored image (PPA's Resize before ToTensor); FID references:
   torchvision's tensor resize, antialiased or not as metrics.antialias says."""
@@ -202,6 +206,7 @@ def test_private_images_are_resized_once_from_the_originals(tiny_study):
   assert np.abs(evaluate.resize_original(original, 5, True) - evaluate.resize_original(original, 5, False)).max() > 0.01
 
 
+@pytest.mark.slow
 def test_facenet_distance_of_private_images_is_zero(tiny_study, tmp_path):
   torch = pytest.importorskip('torch', reason='torch is not installed')
   from mi_jax.convert import torch_compat  # pylint: disable=g-import-not-at-top
@@ -268,6 +273,7 @@ def test_eval_model_config_is_inception_v3_at_299():
   jobs.validate_config(eval_model.get_config('demo'))
 
 
+@pytest.mark.slow
 def test_gradient_flow_reads_every_stage(tiny_study):
   _, workdir, _ = tiny_study
   norms = gradient_flow.stage_gradient_norms(os.path.join(workdir, 'resnet18', 'none', 'ppa'))
@@ -275,6 +281,7 @@ def test_gradient_flow_reads_every_stage(tiny_study):
   assert all(v > 0 for v in norms.values())
 
 
+@pytest.mark.slow
 def test_repvgg_deployed_form_has_the_same_gradients(tmp_path):
   results = repvgg_equivalence.repvgg_equivalence(width=4, image_size=16, num_blocks=(1, 2, 1, 1))
   train = results['stage_grad_norm']['training form (skips)']

@@ -7,7 +7,7 @@ import re
 from conftest import REPO_ROOT
 from mi_jax import models
 
-PACKAGES = ('mi_jax', 'third_party')
+PACKAGES = ('mi_jax',)  # mi_jax/stylegan links to third_party/stylegan_jax
 
 
 def _module_name(path: str) -> str:
@@ -19,7 +19,7 @@ def _modules() -> dict[str, str]:
   """{dotted module name: file} of every module of the packages."""
   found = {}
   for package in PACKAGES:
-    for directory, _, files in os.walk(os.path.join(REPO_ROOT, package)):
+    for directory, _, files in os.walk(os.path.join(REPO_ROOT, package), followlinks=True):
       for name in files:
         if name.endswith('.py'):
           path = os.path.join(directory, name)
@@ -89,7 +89,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_circles():
   graph = import_graph()
-  assert 'mi_jax.jobs' in graph and 'mi_jax.models.resnet' in graph  # the walk sees the package
+  assert {'mi_jax.jobs', 'mi_jax.models.resnet', 'mi_jax.stylegan.networks'} <= set(graph)  # the walk sees it all
   assert _cycles(graph) == []
   # The finder finds circles: a made-up one is reported.
   assert _cycles({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == [['a', 'b', 'c']]
@@ -122,3 +122,15 @@ def test_no_family_is_recognised_by_its_name():
                         if pattern.search(line)]
   assert offenders == []
   assert pattern.search("name.startswith('densenet')") and pattern.search("x.startswith(('resnet', 'a'))")
+
+
+def test_the_wheel_installs_only_mi_jax(tmp_path):
+  """third_party/stylegan_jax ships as mi_jax.stylegan: no top-level `third_party` in site-packages."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+  subprocess.run([sys.executable, '-m', 'pip', 'wheel', REPO_ROOT, '--no-deps', '--no-build-isolation', '-q', '-w',
+                  str(tmp_path)], check=True, cwd=tmp_path, capture_output=True)
+  names = zipfile.ZipFile(next(tmp_path.glob('mi_jax-*.whl'))).namelist()
+  assert {n.split('/')[0] for n in names if not n.split('/')[0].endswith('.dist-info')} == {'mi_jax'}
+  assert 'mi_jax/stylegan/networks.py' in names and not any(n.startswith('third_party') for n in names)

@@ -1,6 +1,6 @@
 """NVIDIA StyleGAN2-ADA pickle import on pickles the test writes itself with the same structure:
 persistent-object records (`torch_utils.persistence._reconstruct_persistent_obj`), `dnnlib.util.EasyDict`
-kwargs and torch tensors, at the ffhq-1024 config (reference/stylegan_and_style.md §A.10)."""
+kwargs and torch tensors, at the ffhq-1024 config (the layout of NVlabs/stylegan2-ada-pytorch's pickles, torch_utils/persistence.py)."""
 
 import collections
 import math
@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip('torch')
 
-from third_party.stylegan_jax import checkpoint, networks, nvidia_pickle  # pylint: disable=g-import-not-at-top
+from mi_jax.stylegan import checkpoint, networks, nvidia_pickle  # pylint: disable=g-import-not-at-top
 
 
 # ------------------------------------------------------------------ a pickle writer with NVIDIA's structure

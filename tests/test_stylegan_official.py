@@ -62,7 +62,7 @@ def test_matches_official_generator(tmp_path, name):
   if name == 'ffhq1024' and not os.environ.get('STYLEGAN2_ADA_FFHQ'):
     pytest.skip('set STYLEGAN2_ADA_FFHQ=1 for the 1024x1024 config')
   import torch  # pylint: disable=g-import-not-at-top
-  from third_party.stylegan_jax import checkpoint, networks, nvidia_pickle  # pylint: disable=g-import-not-at-top
+  from mi_jax.stylegan import checkpoint, networks, nvidia_pickle  # pylint: disable=g-import-not-at-top
   path = str(tmp_path / f'{name}.pkl')
   G_torch = official_generator_pickle(path, SMALL if name == 'small' else FFHQ)
   nvidia_pickle.import_pickle(path, str(tmp_path / 'generator'))

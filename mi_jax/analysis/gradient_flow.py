@@ -4,7 +4,7 @@ The attack records, at every optimisation step of every batch, the batch-mean no
 dL/dz_i at each stage input z_i (optimize.make_optimize_fn; `grad_norm/<stage>` in
 `optimized/batch_<i>.npz`, read through mi_jax/attack_outputs.py). With z_{i+1} = g_i(z_i) + k z_i the identity term k I carries
 gradient past g_i; removing the last stage's skips (k = 0) shrinks it at every earlier stage
-(reference/mission.md 5).
+(Koh et al., ECCV 2024, Section 3: dL/dz_i = dL/dz_{i+1} (dg_i/dz_i + k I)).
 """
 
 import numpy as np

@@ -35,8 +35,8 @@ from mi_jax.attacks import optimize, selection
 from mi_jax.data import transforms
 from mi_jax.metrics import scores as scores_lib
 from mi_jax.train import checkpoint, reporting, sharding
-from third_party.stylegan_jax import checkpoint as generator_io
-from third_party.stylegan_jax import networks
+from mi_jax.stylegan import checkpoint as generator_io
+from mi_jax.stylegan import networks
 
 
 OVERVIEW_CLASSES, OVERVIEW_PER_CLASS = 16, 8  # final_grid.png

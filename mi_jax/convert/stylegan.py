@@ -10,7 +10,7 @@ import os
 from absl import logging
 import ml_collections
 
-from third_party.stylegan_jax import nvidia_pickle
+from mi_jax.stylegan import nvidia_pickle
 
 
 def validate_config(config: ml_collections.ConfigDict):

@@ -4,7 +4,8 @@ The seven groups of the (t, c, n, s) table are the stages, as in the official
 RoLSS code: group i's factor k multiplies the identity of every block of the
 group that has one (stride 1, same width): out = k * x + block(x). Group 7
 (160 -> 320 channels, one block) has no residual, so its setting changes
-nothing -- the official `skip: [1,1,1,1,1,1,0]` is a no-op (reference/mission.md);
+nothing -- the released `skip: [1,1,1,1,1,1,0]` (Pillowkoh/RoLSS, configs/training/targets/FaceScrub/
+mobilenetv2/skip.yaml) is a no-op;
 `build_model` refuses a non-1 setting there rather than silently ignore it.
 """
 

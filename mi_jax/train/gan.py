@@ -19,8 +19,8 @@ import numpy as np
 from mi_jax import config_checks
 from mi_jax.data import pipeline, sources
 from mi_jax.train import checkpoint, loop, reporting, sharding
-from third_party.stylegan_jax import checkpoint as generator_io
-from third_party.stylegan_jax import networks, training
+from mi_jax.stylegan import checkpoint as generator_io
+from mi_jax.stylegan import networks, training
 
 # Config fields whose change makes an existing checkpoint meaningless for the run.
 IDENTITY_FIELDS = ('generator', 'discriminator', 'gan', 'data.name', 'data.image_size', 'train.batch_size', 'seed')

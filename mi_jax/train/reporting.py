@@ -121,7 +121,8 @@ class Progress:
 
 
 class MetricWriter:
-  """Scalars to TensorBoard event files and to `<workdir>/metrics.csv` (one row per write).
+  """Scalars to TensorBoard event files and to `<workdir>/metrics.csv` (one row per step: the train
+  summary and the test metrics of an evaluation step share a row).
 
   On resume from step S, rows written after S by the killed run are dropped from
   the CSV and purged from TensorBoard, so the curves show one consistent run.
@@ -149,7 +150,10 @@ class MetricWriter:
     values = {k: float(v) for k, v in scalars.items()}
     for k, v in values.items():
       self._tb.add_scalar(k, v, step)
-    self._rows.append({'step': step, 'time': f'{time.time():.3f}', **values})
+    if self._rows and int(self._rows[-1]['step']) == step:
+      self._rows[-1].update(values)
+    else:
+      self._rows.append({'step': step, 'time': f'{time.time():.3f}', **values})
     self._flush_csv()
 
   def write_images(self, step: int, name: str, grid: np.ndarray):

@@ -9,7 +9,7 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   """A 1-D 'data' mesh over the first `num_devices` devices (0 = all, on every host).
 
   Auto axis type: jit + NamedSharding in the classic GSPMD style (`jax.make_mesh`
-  would default to Explicit axes, see reference/env.md).
+  would default to Explicit axes in jax 0.10, where with_sharding_constraint then refuses P('data')).
   """
   devices = jax.devices()
   if num_devices:

@@ -6,7 +6,7 @@
   img = G.apply(variables, ws, noise_mode='const', method=G.synthesize)   # [N, R, R, C] in [-1, 1]
 """
 
-from third_party.stylegan_jax.checkpoint import load_generator, save_generator
-from third_party.stylegan_jax.networks import Discriminator, Generator, GeneratorConfig
+from .checkpoint import load_generator, save_generator
+from .networks import Discriminator, Generator, GeneratorConfig
 
 __all__ = ['Discriminator', 'Generator', 'GeneratorConfig', 'load_generator', 'save_generator']

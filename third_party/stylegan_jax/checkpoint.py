@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from third_party.stylegan_jax import networks
+from . import networks
 
 CONFIG_FILE = 'generator.json'
 VARIABLES_DIR = 'variables'
@@ -40,7 +40,7 @@ def load_generator(directory: str) -> tuple[networks.GeneratorConfig, dict, dict
   config_path = os.path.join(directory, CONFIG_FILE)
   if not os.path.exists(config_path):
     raise FileNotFoundError(f'{directory} is not a generator directory (no {CONFIG_FILE}); make one with '
-                            'third_party.stylegan_jax.nvidia_pickle or the gan job')
+                            'mi_jax.stylegan.nvidia_pickle or the gan job')
   with open(config_path) as f:
     meta = json.load(f)
   if meta.get('format') != FORMAT_VERSION:

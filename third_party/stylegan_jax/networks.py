@@ -1,6 +1,6 @@
 """StyleGAN2(-ADA) generator and discriminator in Flax, NHWC.
 
-Modules map one to one to the PyTorch reference (reference/stylegan_and_style.md §A)
+Modules map one to one to NVlabs/stylegan2-ada-pytorch's training/networks.py (Karras et al. 2020)
 and carry its parameter names, so an imported pickle is a plain re-layout:
 
   mapping/fc{i}/{kernel [in, out], bias}               buffers: mapping/w_avg
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from third_party.stylegan_jax import ops
+from . import ops
 
 Dtype = Any
 NOISE_MODES = ('const', 'random', 'none')

@@ -6,7 +6,7 @@ module state, allows a short list of tensor-rebuild and container globals, and
 refuses anything else by name. Tensors are rebuilt by torch (needed for this step
 only), with storages read through `torch.load(weights_only=True)`.
 
-  python -m third_party.stylegan_jax.nvidia_pickle ffhq.pkl ~/generators/ffhq
+  python -m mi_jax.stylegan.nvidia_pickle ffhq.pkl ~/generators/ffhq
 
 writes `generator.json` + Orbax `variables/` (see checkpoint.py).
 """
@@ -19,9 +19,9 @@ import flax
 import jax
 import numpy as np
 
-from third_party.stylegan_jax import checkpoint
-from third_party.stylegan_jax import networks
-from third_party.stylegan_jax import ops
+from . import checkpoint
+from . import networks
+from . import ops
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -264,7 +264,7 @@ def import_pickle(pickle_path: str, out_dir: str, network: str = 'G_ema') -> net
 
 def main(argv):
   if len(argv) not in (3, 4):
-    raise SystemExit('usage: python -m third_party.stylegan_jax.nvidia_pickle NETWORK.pkl OUT_DIR [G_ema|G]')
+    raise SystemExit('usage: python -m mi_jax.stylegan.nvidia_pickle NETWORK.pkl OUT_DIR [G_ema|G]')
   config = import_pickle(argv[1], argv[2], *argv[3:])
   print(f'wrote {argv[2]}: {config}')
 

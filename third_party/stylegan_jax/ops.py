@@ -2,7 +2,7 @@
 
 Layout is NHWC and kernels are HWIO throughout. Each op follows the semantics
 of the reference (`_ref`) implementations of StyleGAN2-ADA's custom CUDA ops,
-re-derived from their documentation (see reference/stylegan_and_style.md §A.5-A.8):
+re-derived from their documentation (NVlabs/stylegan2-ada-pytorch, torch_utils/ops/*.py docstrings):
 
   upfirdn2d:  zero-insert upsampling (up-1 zeros after every pixel) -> pad/crop
               -> true convolution with the FIR filter -> keep every down-th pixel.

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from third_party.stylegan_jax import networks
+from . import networks
 
 
 @dataclasses.dataclass(frozen=True)
