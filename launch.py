@@ -17,7 +17,8 @@ from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config: configs/X.py or configs/X.py:preset.', lock_config=True)
+    'config', None, 'Experiment config: configs/X.py or configs/X.py:preset.', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and artefacts.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -36,6 +37,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected command-line arguments: {argv[1:]}')
   from mi_jax import jobs  # pylint: disable=g-import-not-at-top
+
   jobs.quiet_library_logs()
   jobs.maybe_initialize_distributed()
   config = _CONFIG.value

@@ -34,10 +34,17 @@ _STEPS = flags.DEFINE_integer('steps', 10, 'Optimisation steps per call.')
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Interleaved repeats; the best of each is reported.')
 
 SETUPS = {
-    'demo': dict(gen=dict(img_resolution=32, img_channels=1, z_dim=64, w_dim=64, mapping_layers=2,
-                          channel_base=1024, channel_max=128), crop=0, size=32, width=16),
-    'large': dict(gen=dict(img_resolution=256, img_channels=3, channel_base=8192, channel_max=256),
-                  crop=224, size=64, width=32),
+    'demo': dict(
+        gen=dict(
+            img_resolution=32, img_channels=1, z_dim=64, w_dim=64, mapping_layers=2, channel_base=1024, channel_max=128
+        ),
+        crop=0,
+        size=32,
+        width=16,
+    ),
+    'large': dict(
+        gen=dict(img_resolution=256, img_channels=3, channel_base=8192, channel_max=256), crop=224, size=64, width=32
+    ),
 }
 
 
@@ -47,9 +54,19 @@ def build(setup, num_devices, batch, steps):
   G = networks.Generator(gen_config)
   gen_vars = jax.jit(G.init)(jax.random.key(0), jnp.zeros((1, gen_config.z_dim)))
   channels = gen_config.img_channels
-  model = models.build_model(ml_collections.ConfigDict(dict(
-      name='resnet18', num_classes=10, skip=(1, 1, 1, 1), width=setup['width'], stem='small', dtype='float32',
-      skip_mode='truncate')))
+  model = models.build_model(
+      ml_collections.ConfigDict(
+          dict(
+              name='resnet18',
+              num_classes=10,
+              skip=(1, 1, 1, 1),
+              width=setup['width'],
+              stem='small',
+              dtype='float32',
+              skip_mode='truncate',
+          )
+      )
+  )
   variables = models.init_variables(model, (1, setup['size'], setup['size'], channels), jax.random.key(1))
   variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
   settings = optimize.OptimizeSettings(steps=steps, center_crop=setup['crop'], input_size=setup['size'])
@@ -58,11 +75,14 @@ def build(setup, num_devices, batch, steps):
   zeros = ppa.perturbation_zeros(model, variables, setup['size'], channels)
   mesh = sharding.make_mesh(num_devices)
   batch_sharded, replicated = sharding.data_sharded(mesh), sharding.replicated(mesh)
-  fn = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, settings),
-               in_shardings=(batch_sharded, batch_sharded, batch_sharded, replicated),
-               out_shardings=(batch_sharded, replicated))
-  w0 = jax.device_put(np.random.default_rng(0).standard_normal((batch, gen_config.w_dim)).astype(np.float32),
-                      batch_sharded)
+  fn = jax.jit(
+      optimize.make_optimize_fn(synthesize, classify, zeros, settings),
+      in_shardings=(batch_sharded, batch_sharded, batch_sharded, replicated),
+      out_shardings=(batch_sharded, replicated),
+  )
+  w0 = jax.device_put(
+      np.random.default_rng(0).standard_normal((batch, gen_config.w_dim)).astype(np.float32), batch_sharded
+  )
   targets = jax.device_put(np.arange(batch, dtype=np.int32) % 10, batch_sharded)
   valid = jax.device_put(np.ones(batch, bool), batch_sharded)
   return fn, (w0, targets, valid, jax.random.key(0))
@@ -75,21 +95,31 @@ def make_run(setup, num_devices, batch, steps):
     for _ in range(n):
       out = fn(*args)
     jax.block_until_ready(out)
+
   return run
 
 
 def main(argv):
   del argv
   counts = [int(d) for d in _DEVICES.value]
-  print(f'jax {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} devices); '
-        f'global batch {_BATCH.value}, {_STEPS.value} steps per call')
-  print(f'{"setup":<7}' + ''.join(f'{f"{d} dev lat-steps/s":>20}' for d in counts) +
-        ''.join(f'{f"{d}/{counts[0]} dev":>12}' for d in counts[1:]))
+  print(
+      f'jax {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} devices); '
+      f'global batch {_BATCH.value}, {_STEPS.value} steps per call'
+  )
+  print(
+      f'{"setup":<7}'
+      + ''.join(f'{f"{d} dev lat-steps/s":>20}' for d in counts)
+      + ''.join(f'{f"{d}/{counts[0]} dev":>12}' for d in counts[1:])
+  )
   for name in _SIZES.value:
     runs = {d: make_run(SETUPS[name], d, _BATCH.value, _STEPS.value) for d in counts}
     best = _timing.best_rates(runs, 1, _REPEATS.value, units_per_call=_BATCH.value * _STEPS.value)
-    print(f'{name:<7}' + ''.join(f'{best[d]:>20.1f}' for d in counts) +
-          ''.join(f'{best[d] / best[counts[0]]:>12.2f}' for d in counts[1:]), flush=True)
+    print(
+        f'{name:<7}'
+        + ''.join(f'{best[d]:>20.1f}' for d in counts)
+        + ''.join(f'{best[d] / best[counts[0]]:>12.2f}' for d in counts[1:]),
+        flush=True,
+    )
 
 
 if __name__ == '__main__':

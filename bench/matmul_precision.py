@@ -48,31 +48,40 @@ def attack_fn(setup, batch, num_steps):
 
 def train_fn(size, batch):
   """() -> the loss of one ResNet-18 training step from a fixed state (Adam, BN in train mode)."""
-  model = models.build_model(ml_collections.ConfigDict(dict(name='resnet18', num_classes=10, skip=(1, 1, 1, 1),
-                                                            width=0, stem='imagenet', dtype='float32')))
+  model = models.build_model(
+      ml_collections.ConfigDict(
+          dict(name='resnet18', num_classes=10, skip=(1, 1, 1, 1), width=0, stem='imagenet', dtype='float32')
+      )
+  )
   lr = optax.constant_schedule(1e-3)
   state = state_lib.create_train_state(model, optax.adam(lr), (1, size, size, 3), 0)
   rng = np.random.default_rng(0)
-  data = {'image': jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32),
-          'label': jnp.asarray(rng.integers(0, 10, batch), jnp.int32)}
+  data = {
+      'image': jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32),
+      'label': jnp.asarray(rng.integers(0, 10, batch), jnp.int32),
+  }
   step = jax.jit(lambda s, b: steps.train_step(s, b, lr)[1]['loss'])
   return lambda: step(state, data)
 
 
 def under(precision, fn):
   """fn traced and run with jax_default_matmul_precision = precision (jit caches per setting)."""
+
   def run():
     with jax.default_matmul_precision(precision):
       return fn()
+
   return run
 
 
 def main(argv):
   del argv
   device = jax.devices()[0]
-  print(f'jax {jax.__version__} on {device.platform} ({device.device_kind}); attack {_ATTACK.value}: batch '
-        f'{_ATTACK_BATCH.value} x {_ATTACK_STEPS.value} steps; ResNet-18 training step at {_TRAIN_SIZE.value}px, '
-        f'batch {_TRAIN_BATCH.value}')
+  print(
+      f'jax {jax.__version__} on {device.platform} ({device.device_kind}); attack {_ATTACK.value}: batch '
+      f'{_ATTACK_BATCH.value} x {_ATTACK_STEPS.value} steps; ResNet-18 training step at {_TRAIN_SIZE.value}px, '
+      f'batch {_TRAIN_BATCH.value}'
+  )
   attack = attack_fn(attack_step.SETUPS[_ATTACK.value], _ATTACK_BATCH.value, _ATTACK_STEPS.value)
   train = train_fn(_TRAIN_SIZE.value, _TRAIN_BATCH.value)
   rows = {}
@@ -85,12 +94,17 @@ def main(argv):
     rates = _timing.best_rates(calls, _TRAIN_STEPS.value if name == 'train' else 1, attack_step._REPEATS.value, units)
     rows[name] = (rates, drift)
   base = _PRECISIONS.value[0]
-  print(f'{"setting":<10} {"attack lat-steps/s":>19} {f"x {base}":>10} {"latent drift":>13} '
-        f'{"train steps/s":>14} {f"x {base}":>10} {"loss drift":>11}')
+  print(
+      f'{"setting":<10} {"attack lat-steps/s":>19} {f"x {base}":>10} {"latent drift":>13} '
+      f'{"train steps/s":>14} {f"x {base}":>10} {"loss drift":>11}'
+  )
   for p in _PRECISIONS.value:
     (a_rate, a_drift), (t_rate, t_drift) = [(rows[n][0][p], rows[n][1][p]) for n in ('attack', 'train')]
-    print(f'{p:<10} {a_rate:>19.2f} {a_rate / rows["attack"][0][base]:>10.2f} {a_drift:>13.1e} '
-          f'{t_rate:>14.2f} {t_rate / rows["train"][0][base]:>10.2f} {t_drift:>11.1e}', flush=True)
+    print(
+        f'{p:<10} {a_rate:>19.2f} {a_rate / rows["attack"][0][base]:>10.2f} {a_drift:>13.1e} '
+        f'{t_rate:>14.2f} {t_rate / rows["train"][0][base]:>10.2f} {t_drift:>11.1e}',
+        flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -48,6 +48,7 @@ def jax_fns(config, batch, dtype):
     for _ in range(n):
       out = grad(ws, variables)
     jax.block_until_ready(out)
+
   return run_forward, run_grad
 
 
@@ -57,12 +58,19 @@ def torch_fns(config, batch):
   if not official:
     return None
   import torch  # pylint: disable=g-import-not-at-top
+
   sys.path.insert(0, official)
   from training import networks as official_networks  # pylint: disable=g-import-not-at-top
+
   G = official_networks.Generator(
-      z_dim=config.z_dim, c_dim=0, w_dim=config.w_dim, img_resolution=config.img_resolution,
-      img_channels=config.img_channels, mapping_kwargs=dict(num_layers=config.mapping_layers),
-      synthesis_kwargs=dict(channel_base=config.channel_base, channel_max=config.channel_max)).eval()
+      z_dim=config.z_dim,
+      c_dim=0,
+      w_dim=config.w_dim,
+      img_resolution=config.img_resolution,
+      img_channels=config.img_channels,
+      mapping_kwargs=dict(num_layers=config.mapping_layers),
+      synthesis_kwargs=dict(channel_base=config.channel_base, channel_max=config.channel_max),
+  ).eval()
   G.requires_grad_(False)
   ws = torch.randn(batch, 1, config.w_dim).repeat(1, config.num_ws, 1)
 
@@ -75,18 +83,22 @@ def torch_fns(config, batch):
     for _ in range(n):
       w = ws.clone().requires_grad_(True)
       G.synthesis(w, noise_mode='const', force_fp32=True).square().mean().backward()
+
   return run_forward, run_grad
 
 
 def main(argv):
   del argv
-  print(f'jax {jax.__version__} on {jax.devices()[0].platform}; batch {_BATCH.value}, '
-        f'channel_base {_CHANNEL_BASE.value}, channel_max {_CHANNEL_MAX.value}')
+  print(
+      f'jax {jax.__version__} on {jax.devices()[0].platform}; batch {_BATCH.value}, '
+      f'channel_base {_CHANNEL_BASE.value}, channel_max {_CHANNEL_MAX.value}'
+  )
   header = f'{"res":>5} {"fwd img/s":>10} {"fwd+bwd img/s":>14} {"bwd cost":>9} {"bf16 fwd+bwd":>13} {"bf16/fp32":>10}'
   print(header + (f' {"torch fwd+bwd":>14} {"jax/torch":>10}' if os.environ.get('STYLEGAN2_ADA_PYTORCH') else ''))
   for res in map(int, _RESOLUTIONS.value):
-    config = networks.GeneratorConfig(img_resolution=res, channel_base=_CHANNEL_BASE.value,
-                                      channel_max=_CHANNEL_MAX.value)
+    config = networks.GeneratorConfig(
+        img_resolution=res, channel_base=_CHANNEL_BASE.value, channel_max=_CHANNEL_MAX.value
+    )
     runs = {}
     runs['fwd'], runs['grad'] = jax_fns(config, _BATCH.value, jnp.float32)
     _, runs['bf16_grad'] = jax_fns(config, _BATCH.value, jnp.bfloat16)
@@ -94,8 +106,10 @@ def main(argv):
     if official is not None:
       _, runs['torch_grad'] = official
     best = _timing.best_rates(runs, _STEPS.value, _REPEATS.value, units_per_call=_BATCH.value)
-    line = (f'{res:>5} {best["fwd"]:>10.1f} {best["grad"]:>14.1f} {best["fwd"] / best["grad"]:>9.2f} '
-            f'{best["bf16_grad"]:>13.1f} {best["bf16_grad"] / best["grad"]:>10.2f}')
+    line = (
+        f'{res:>5} {best["fwd"]:>10.1f} {best["grad"]:>14.1f} {best["fwd"] / best["grad"]:>9.2f} '
+        f'{best["bf16_grad"]:>13.1f} {best["bf16_grad"] / best["grad"]:>10.2f}'
+    )
     if official is not None:
       line += f' {best["torch_grad"]:>14.1f} {best["grad"] / best["torch_grad"]:>10.2f}'
     print(line, flush=True)

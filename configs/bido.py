@@ -15,7 +15,9 @@ from mi_jax import defenses
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, demo=False, tiny=False, epochs=8, a1=defenses.BIDO_WEIGHTS[0], a2=defenses.BIDO_WEIGHTS[1])
+  arg = common.parse_arg(
+      arg, demo=False, tiny=False, epochs=8, a1=defenses.BIDO_WEIGHTS[0], a2=defenses.BIDO_WEIGHTS[1]
+  )
   config = baseline.get_config(','.join(n for n in ('demo', 'tiny') if arg[n]) + f',epochs={arg.epochs}')
   config.bido.a1, config.bido.a2 = arg.a1, arg.a2
   return defenses.defend(config, 'bido')

@@ -39,68 +39,68 @@ MATMUL_PRECISION = 'highest'
 def base_config() -> ml_collections.ConfigDict:
   """Every field a job may read, set to the PPA/paper recipe (FaceScrub, 224px, ResNet)."""
   config = ml_collections.ConfigDict()
-  config.job = 'train'        # Which job launch.py runs: see mi_jax/jobs.py.
-  config.seed = 42            # Model init, data order and augmentation.
-  config.num_devices = 0      # Devices to shard the batch over; 0 = all (required on multi-host).
+  config.job = 'train'  # Which job launch.py runs: see mi_jax/jobs.py.
+  config.seed = 42  # Model init, data order and augmentation.
+  config.num_devices = 0  # Devices to shard the batch over; 0 = all (required on multi-host).
   config.matmul_precision = MATMUL_PRECISION  # jax_default_matmul_precision for the job (set by mi_jax/jobs.py).
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'resnet18'              # resnet18/34/50/101/152, densenet121/161/169/201.
-  config.model.num_classes = 530              # Must match the data set (FaceScrub: 530).
-  config.model.skip = (1.0, 1.0, 1.0, 1.0)    # Per stage: 1 keep, 0 remove, k in (0,1) scale, 'learn'.
-  config.model.width = 0                      # 0 = the architecture's own; demos shrink it (ResNet: stem/stage-1
-                                              # channels; DenseNet: stem channels, growth = width // 2).
-  config.model.skip_mode = 'truncate'         # DenseNet: 'truncate' (official code) or 'scale' (see densenet.py).
-  config.model.stem = 'imagenet'              # 'imagenet' (torchvision) or 'small' (3x3/1, for <= 64px).
-  config.model.dtype = 'float32'              # Compute dtype: float32 or bfloat16.
-  config.model.init_file = ''                 # torchvision/PPA .pth to start from (e.g. ImageNet weights).
+  config.model.name = 'resnet18'  # resnet18/34/50/101/152, densenet121/161/169/201.
+  config.model.num_classes = 530  # Must match the data set (FaceScrub: 530).
+  config.model.skip = (1.0, 1.0, 1.0, 1.0)  # Per stage: 1 keep, 0 remove, k in (0,1) scale, 'learn'.
+  config.model.width = 0  # 0 = the architecture's own; demos shrink it (ResNet: stem/stage-1
+  # channels; DenseNet: stem channels, growth = width // 2).
+  config.model.skip_mode = 'truncate'  # DenseNet: 'truncate' (official code) or 'scale' (see densenet.py).
+  config.model.stem = 'imagenet'  # 'imagenet' (torchvision) or 'small' (3x3/1, for <= 64px).
+  config.model.dtype = 'float32'  # Compute dtype: float32 or bfloat16.
+  config.model.init_file = ''  # torchvision/PPA .pth to start from (e.g. ImageNet weights).
   config.model.init_reinit = ('fc', 'classifier')  # Leaves of init_file not to load: the head (other class count).
-  config.model.transform_input = False        # Inception-v3: torchvision's re-normalisation to ImageNet statistics.
-  config.model.aux_logits = False             # Inception-v3: the auxiliary head (trained, unused in evaluation).
-  config.model.legacy_stage3_split = 1.0      # ResNet: the RoLSS release's split=0.8 leftover (models/resnet.py); 1 = off.
+  config.model.transform_input = False  # Inception-v3: torchvision's re-normalisation to ImageNet statistics.
+  config.model.aux_logits = False  # Inception-v3: the auxiliary head (trained, unused in evaluation).
+  config.model.legacy_stage3_split = 1.0  # ResNet: the RoLSS release's split=0.8 leftover (models/resnet.py); 1 = off.
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = 'facescrub'              # facescrub, celeba1000, image_folder/<name>, mnist_demo/private, ...
+  config.data.name = 'facescrub'  # facescrub, celeba1000, image_folder/<name>, mnist_demo/private, ...
   config.data.data_dir = '~/tensorflow_datasets'  # Where prepared array_record files live.
-  config.data.manual_dir = ''                 # Raw download for facescrub/celeba1000/image_folder.
-  config.data.test_fraction = 0.0             # image_folder only: held-out share for a 'test' split.
+  config.data.manual_dir = ''  # Raw download for facescrub/celeba1000/image_folder.
+  config.data.test_fraction = 0.0  # image_folder only: held-out share for a 'test' split.
   config.data.train_split = 'train'
   config.data.test_split = 'test'
-  config.data.image_size = 224                # Model input size (square).
-  config.data.worker_count = 0                # grain worker processes; 0 = in-process (CPU/CI).
+  config.data.image_size = 224  # Model input size (square).
+  config.data.worker_count = 0  # grain worker processes; 0 = in-process (CPU/CI).
   config.data.augment = ml_collections.ConfigDict()
   config.data.augment.rrc_scale = (0.85, 1.0)  # RandomResizedCrop area range.
-  config.data.augment.rrc_ratio = (1.0, 1.0)   # RandomResizedCrop aspect-ratio range.
-  config.data.augment.brightness = 0.2         # ColorJitter.
+  config.data.augment.rrc_ratio = (1.0, 1.0)  # RandomResizedCrop aspect-ratio range.
+  config.data.augment.brightness = 0.2  # ColorJitter.
   config.data.augment.contrast = 0.2
   config.data.augment.saturation = 0.1
   config.data.augment.hue = 0.1
-  config.data.augment.hflip = True             # RandomHorizontalFlip(0.5).
+  config.data.augment.hflip = True  # RandomHorizontalFlip(0.5).
 
   config.optim = ml_collections.ConfigDict()
-  config.optim.name = 'adam'                  # adam (torch-style L2), adamw, sgd.
+  config.optim.name = 'adam'  # adam (torch-style L2), adamw, sgd.
   config.optim.lr = 1e-3
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
   config.optim.eps = 1e-8
-  config.optim.momentum = 0.9                 # sgd only.
+  config.optim.momentum = 0.9  # sgd only.
   config.optim.weight_decay = 0.0
-  config.optim.lr_milestones = (75, 90)       # Epochs at which lr *= lr_gamma.
+  config.optim.lr_milestones = (75, 90)  # Epochs at which lr *= lr_gamma.
   config.optim.lr_gamma = 0.1
 
-  config.bido = ml_collections.ConfigDict()   # BiDO-HSIC (mi_jax/defenses/bido.py); off while a1 = a2 = 0.
-  config.bido.a1 = 0.0                        # Weight of sum_j nHSIC(X, Z_j): input information in the features.
-  config.bido.a2 = 0.0                        # Weight of -sum_j nHSIC(Z_j, Y): label information in the features.
-  config.bido.sigma = 5.0                     # Gaussian kernel width (the official default).
-  config.bido.label_kernel = 'linear'         # Kernel on one-hot labels: 'linear' (official default) or 'gaussian'.
+  config.bido = ml_collections.ConfigDict()  # BiDO-HSIC (mi_jax/defenses/bido.py); off while a1 = a2 = 0.
+  config.bido.a1 = 0.0  # Weight of sum_j nHSIC(X, Z_j): input information in the features.
+  config.bido.a2 = 0.0  # Weight of -sum_j nHSIC(Z_j, Y): label information in the features.
+  config.bido.sigma = 5.0  # Gaussian kernel width (the official default).
+  config.bido.label_kernel = 'linear'  # Kernel on one-hot labels: 'linear' (official default) or 'gaussian'.
 
   config.train = ml_collections.ConfigDict()
-  config.train.epochs = 100                   # 0: no training, init_file is used as it is (an imported model).
-  config.train.aux_loss_weight = 1.0          # Auxiliary-head loss weight (Inception-v3 with aux_logits): PPA's 1.0.
-  config.train.batch_size = 128               # Global batch, split over all devices and hosts.
-  config.train.eval_every_epochs = 1          # Test-set evaluation and a checkpoint every this many epochs.
-  config.train.log_every_steps = 50           # Progress line + train metrics.
-  config.train.keep_checkpoints = 2           # Latest N kept, plus the best by test accuracy.
+  config.train.epochs = 100  # 0: no training, init_file is used as it is (an imported model).
+  config.train.aux_loss_weight = 1.0  # Auxiliary-head loss weight (Inception-v3 with aux_logits): PPA's 1.0.
+  config.train.batch_size = 128  # Global batch, split over all devices and hosts.
+  config.train.eval_every_epochs = 1  # Test-set evaluation and a checkpoint every this many epochs.
+  config.train.log_every_steps = 50  # Progress line + train metrics.
+  config.train.keep_checkpoints = 2  # Latest N kept, plus the best by test accuracy.
   return config
 
 

@@ -43,7 +43,7 @@ def get_config(arg=None):
   config.model.skip = ()
   config.model.transform_input = True  # torchvision forces it with ImageNet weights; PPA's model was trained so
   config.model.aux_logits = True
-  config.model.init_reinit = ('fc',)   # the ImageNet heads (fc and AuxLogits/fc) get the new class count
+  config.model.init_reinit = ('fc',)  # the ImageNet heads (fc and AuxLogits/fc) get the new class count
   config.data.image_size = 299
   config.optim.lr_milestones = (75, 90) if arg.celeba else (80,)
   if arg.celeba:

@@ -19,13 +19,13 @@ from configs import common
 
 def metrics_section() -> ml_collections.ConfigDict:
   metrics = ml_collections.ConfigDict()
-  metrics.facenet_file = ''             # facenet-pytorch VGGFace2 weights; '' = no FaceNet distance.
-  metrics.fid_inception_file = ''       # pytorch-fid weights; '' = FID on evaluation-model features.
-  metrics.fid_quirk = False             # True: PPA's [-3, 1] FID inputs (comparable with PPA's numbers).
-  metrics.antialias = True              # Antialiased resizes of attack images and of FID's real images (upstream
-                                        # PPA); the RoLSS code's were not (configs/paper.py sets False).
+  metrics.facenet_file = ''  # facenet-pytorch VGGFace2 weights; '' = no FaceNet distance.
+  metrics.fid_inception_file = ''  # pytorch-fid weights; '' = FID on evaluation-model features.
+  metrics.fid_quirk = False  # True: PPA's [-3, 1] FID inputs (comparable with PPA's numbers).
+  metrics.antialias = True  # Antialiased resizes of attack images and of FID's real images (upstream
+  # PPA); the RoLSS code's were not (configs/paper.py sets False).
   metrics.batch_size = 64
-  metrics.cache_dir = ''                # Keeps private-set features between evaluations ('' = none).
+  metrics.cache_dir = ''  # Keeps private-set features between evaluations ('' = none).
   return metrics
 
 
@@ -35,7 +35,7 @@ def get_config(arg=None):
   config.job = 'evaluate'
   config.matmul_precision = common.MATMUL_PRECISION
   config.evaluation = ml_collections.ConfigDict()
-  config.evaluation.workdir = ''        # The evaluation model's train workdir (configs/eval_model.py).
+  config.evaluation.workdir = ''  # The evaluation model's train workdir (configs/eval_model.py).
   config.evaluation.checkpoint = 'latest'  # 'latest', 'best' or a step.
   config.metrics = metrics_section()
   return config

@@ -16,6 +16,6 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.job = 'import_stylegan'
   config.matmul_precision = common.MATMUL_PRECISION
-  config.pickle = ''          # The .pkl written by StyleGAN2-ADA (PyTorch), e.g. PPA's ffhq.pkl.
-  config.network = 'G_ema'    # Which network in the pickle: G_ema (what PPA uses) or G.
+  config.pickle = ''  # The .pkl written by StyleGAN2-ADA (PyTorch), e.g. PPA's ffhq.pkl.
+  config.network = 'G_ema'  # Which network in the pickle: G_ema (what PPA uses) or G.
   return config

@@ -74,9 +74,9 @@ def get_config(arg=None):
   config.study.architectures = PAPER_ARCHITECTURES
   config.study.defenses = DEFENSES
   config.study.per_architecture = per_architecture_table()
-  config.study.from_scratch = False            # True: ImageNet-initialised models start from random weights
-  config.study.tts_stage1_fraction = 0.05      # TTS: M = 5 of 100 epochs with skips
-  config.study.checkpoint = 'best'             # Attacked and reported: 'best' on test (RoLSS code) or 'latest' (PPA)
+  config.study.from_scratch = False  # True: ImageNet-initialised models start from random weights
+  config.study.tts_stage1_fraction = 0.05  # TTS: M = 5 of 100 epochs with skips
+  config.study.checkpoint = 'best'  # Attacked and reported: 'best' on test (RoLSS code) or 'latest' (PPA)
   # 'import': the evaluation model is the file evaluation_model.model.init_file used as it is (PPA's released
   # inception_v3_facescrub.pt, as the RoLSS code attacks with); 'train': trained here by PPA's recipe.
   config.study.evaluation_model = 'import'
@@ -88,27 +88,27 @@ def get_config(arg=None):
 
   config.evaluation_model = eval_model.get_config()
 
-  config.study.attacks = ('ppa',)               # Run on every target; each has its job config in config.attacks.
+  config.study.attacks = ('ppa',)  # Run on every target; each has its job config in config.attacks.
   config.attacks = ml_collections.ConfigDict()
   config.attacks.ppa = attack_ppa.get_config()  # its target is set per cell; name the generator directory
-  settings = config.attacks.ppa.attack          # The RoLSS repo's per-architecture PPA settings
-  settings.num_candidates = 16                  # (configs/attacking/FaceScrub/<arch>/full.yaml):
+  settings = config.attacks.ppa.attack  # The RoLSS repo's per-architecture PPA settings
+  settings.num_candidates = 16  # (configs/attacking/FaceScrub/<arch>/full.yaml):
   settings.final_samples = 8
   settings.batch_size = 8
   settings.lr_milestones = (30, 40)
-  settings.antialias = False                    # Its torchvision resized tensors without antialiasing.
+  settings.antialias = False  # Its torchvision resized tensors without antialiasing.
 
   config.metrics = evaluate.metrics_section()  # cache_dir '' = <workdir>/cache
-  config.metrics.fid_quirk = True              # PPA's FID inputs ([-3, 1]), so FIDs compare with the paper's
-  config.metrics.antialias = False             # As the attack's resizes.
+  config.metrics.fid_quirk = True  # PPA's FID inputs ([-3, 1]), so FIDs compare with the paper's
+  config.metrics.antialias = False  # As the attack's resizes.
 
   config.analysis = ml_collections.ConfigDict()
-  config.analysis.repvgg = 'repvgg_a0'         # RepVGG equivalence figure ('' = skip).
+  config.analysis.repvgg = 'repvgg_a0'  # RepVGG equivalence figure ('' = skip).
   config.analysis.repvgg_width = 0
 
   if arg.demo:
     config.study.architectures = ('resnet18', 'densenet121')
-    config.study.from_scratch = True           # no ImageNet files for 16px digits
+    config.study.from_scratch = True  # no ImageNet files for 16px digits
     config.study.evaluation_model = 'train'
     # 16px digits keep 12 targets and 12 attacks within the 2-core budget (DenseNet-121 trains ~4x slower
     # at 32px); the 32px demo generator's images are resized to 16 for the targets, as PPA resizes.
@@ -122,8 +122,17 @@ def get_config(arg=None):
     config.evaluation_model = eval_model.get_config(f'demo,epochs={max(arg.epochs, 4)}')
     config.evaluation_model.data.image_size = DEMO_IMAGE_SIZE
     config.attacks.ppa.generator.dir = 'docs/gan_demo/generator'
-    config.attacks.ppa.attack.update(search_space_size=300, num_candidates=8, truncation_cutoff=4, batch_size=40,
-                                     steps=25, lr_milestones=(), center_crop=0, final_samples=6, final_iterations=10)
+    config.attacks.ppa.attack.update(
+        search_space_size=300,
+        num_candidates=8,
+        truncation_cutoff=4,
+        batch_size=40,
+        steps=25,
+        lr_milestones=(),
+        center_crop=0,
+        final_samples=6,
+        final_iterations=10,
+    )
     config.metrics.batch_size = 128
     config.analysis.repvgg_width = 8
   return config

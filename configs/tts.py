@@ -20,8 +20,9 @@ from mi_jax import defenses
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, demo=False, tiny=False, epochs=8, stage1_epochs=0)
-  config = defenses.defend(baseline.get_config(','.join(n for n in ('demo', 'tiny') if arg[n]) + f',epochs={arg.epochs}'),
-                           'tts')  # stage 1: every skip; stage 2: the RoLSS model; M = 5% of the epochs
+  config = defenses.defend(
+      baseline.get_config(','.join(n for n in ('demo', 'tiny') if arg[n]) + f',epochs={arg.epochs}'), 'tts'
+  )  # stage 1: every skip; stage 2: the RoLSS model; M = 5% of the epochs
   if arg.stage1_epochs:
     config.tts.stage1_epochs = arg.stage1_epochs
   return config

@@ -62,7 +62,7 @@ def final_latents(workdir: str):
     with np.load(path) as f:
       ws.append(f['w'])
       confidences.append(f['scores'])
-      targets.append(np.full(len(f['scores']), int(os.path.basename(path)[len('class_'):-len('.npz')])))
+      targets.append(np.full(len(f['scores']), int(os.path.basename(path)[len('class_') : -len('.npz')])))
   return np.concatenate(ws), np.concatenate(targets), np.concatenate(confidences)
 
 
@@ -98,4 +98,5 @@ def make_renderer(workdir: str, antialias: bool | None = None):
   def render(w, size):
     images = G.apply(gen_vars, w[:, None], noise_mode='const', method=G.synthesize)
     return transforms.generator_to_classifier(images, crop, size, antialias)
+
   return render

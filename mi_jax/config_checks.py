@@ -33,13 +33,24 @@ def check_positive_ints(config: ml_collections.ConfigDict, fields, error: type[E
 def check_checkpoint_choice(config: ml_collections.ConfigDict, field: str, error: type[Exception] = ValueError):
   """A field naming a checkpoint: 'latest', 'best' or a step number."""
   value = get_field(config, field)
-  check_field(str(value) in ('latest', 'best') or str(value).isdigit(), field, value, f'expected {CHECKPOINT_CHOICES}',
-              error)
+  check_field(
+      str(value) in ('latest', 'best') or str(value).isdigit(), field, value, f'expected {CHECKPOINT_CHOICES}', error
+  )
 
 
-def check_range(config: ml_collections.ConfigDict, field: str, low: float = 0.0, high: float = 1.0,
-                error: type[Exception] = ValueError):
+def check_range(
+    config: ml_collections.ConfigDict,
+    field: str,
+    low: float = 0.0,
+    high: float = 1.0,
+    error: type[Exception] = ValueError,
+):
   """A (low, high) pair with low_bound < low <= high <= high_bound (crop scales)."""
   value = get_field(config, field)
-  check_field(len(value) == 2 and low < value[0] <= value[1] <= high, field, value,
-              f'expected (low, high) with {low:g} < low <= high <= {high:g}', error)
+  check_field(
+      len(value) == 2 and low < value[0] <= value[1] <= high,
+      field,
+      value,
+      f'expected (low, high) with {low:g} < low <= high <= {high:g}',
+      error,
+  )

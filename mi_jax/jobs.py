@@ -25,7 +25,13 @@ JOBS = {
 }
 
 # Environment variables by which cluster launchers announce a multi-process job.
-_MULTI_PROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'PMI_SIZE')
+_MULTI_PROCESS_ENV = (
+    'JAX_COORDINATOR_ADDRESS',
+    'JAX_NUM_PROCESSES',
+    'SLURM_NTASKS',
+    'OMPI_COMM_WORLD_SIZE',
+    'PMI_SIZE',
+)
 
 
 def is_multi_process_env(environ=os.environ) -> bool:
@@ -44,12 +50,14 @@ def is_multi_process_env(environ=os.environ) -> bool:
 def maybe_initialize_distributed():
   if is_multi_process_env():
     import jax  # pylint: disable=g-import-not-at-top
+
     jax.distributed.initialize()  # reads the coordinator, process count and id from the environment
     logging.info('Process %d of %d', jax.process_index(), jax.process_count())
 
 
 class _LibraryDetailFilter(logging_std.Filter):
   """Drops INFO chatter of the checkpoint/IO libraries (orbax logs every save step by step)."""
+
   _NOISY = (f'{os.sep}orbax{os.sep}', f'{os.sep}tensorstore{os.sep}', f'{os.sep}jax{os.sep}_src{os.sep}xla_bridge')
 
   def filter(self, record):
@@ -68,6 +76,7 @@ MATMUL_PRECISIONS = ('default', 'high', 'highest', 'bfloat16', 'tensorfloat32', 
 def set_matmul_precision(config: ml_collections.ConfigDict):
   """Applies config.matmul_precision to every computation of the job that follows."""
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.config.update('jax_default_matmul_precision', config.matmul_precision)
 
 
@@ -79,8 +88,12 @@ def job_module(name: str):
 def validate_config(config: ml_collections.ConfigDict):
   """Fails early, naming the field, on values that would only break deep inside a job."""
   config_checks.check_field(config.get('job') in JOBS, 'job', config.get('job'), f'expected one of {sorted(JOBS)}')
-  config_checks.check_field(config.get('matmul_precision') in MATMUL_PRECISIONS, 'matmul_precision',
-                            config.get('matmul_precision'), f'expected one of {MATMUL_PRECISIONS}')
+  config_checks.check_field(
+      config.get('matmul_precision') in MATMUL_PRECISIONS,
+      'matmul_precision',
+      config.get('matmul_precision'),
+      f'expected one of {MATMUL_PRECISIONS}',
+  )
   job_module(config.job).validate_config(config)
 
 

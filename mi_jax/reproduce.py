@@ -32,13 +32,29 @@ from mi_jax.metrics import evaluate, scores
 from mi_jax.train import reporting, trainer
 
 # (column key, header) of results.md's main table; results.csv has these and PRDC_COLUMNS.
-COLUMNS = (('architecture', 'Arch'), ('defense', 'Defense'), ('epoch', 'Epoch'), ('acc', 'Acc ↑'),
-           ('attack_acc_top1', 'AttAcc@1 ↓'), ('attack_acc_top5', 'AttAcc@5 ↓'),
-           ('attack_acc_unfiltered_top1', 'AttAcc@1 unfilt. ↓'), ('knn_dist_eval', 'KNN eval ↑'),
-           ('knn_dist_facenet', 'KNN FaceNet ↑'), ('fid', 'FID ↑'), ('delta', 'Δ ↑'),
-           ('false_positive_rate', 'False pos.'))
-PRDC_COLUMNS = (('architecture', 'Arch'), ('defense', 'Defense'), ('fid', 'FID ↑'), ('prdc_precision', 'Precision ↓'),
-                ('prdc_recall', 'Recall ↓'), ('prdc_density', 'Density ↓'), ('prdc_coverage', 'Coverage ↓'))
+COLUMNS = (
+    ('architecture', 'Arch'),
+    ('defense', 'Defense'),
+    ('epoch', 'Epoch'),
+    ('acc', 'Acc ↑'),
+    ('attack_acc_top1', 'AttAcc@1 ↓'),
+    ('attack_acc_top5', 'AttAcc@5 ↓'),
+    ('attack_acc_unfiltered_top1', 'AttAcc@1 unfilt. ↓'),
+    ('knn_dist_eval', 'KNN eval ↑'),
+    ('knn_dist_facenet', 'KNN FaceNet ↑'),
+    ('fid', 'FID ↑'),
+    ('delta', 'Δ ↑'),
+    ('false_positive_rate', 'False pos.'),
+)
+PRDC_COLUMNS = (
+    ('architecture', 'Arch'),
+    ('defense', 'Defense'),
+    ('fid', 'FID ↑'),
+    ('prdc_precision', 'Precision ↓'),
+    ('prdc_recall', 'Recall ↓'),
+    ('prdc_density', 'Density ↓'),
+    ('prdc_coverage', 'Coverage ↓'),
+)
 PERCENT = ('acc', 'attack_acc_top1', 'attack_acc_top5', 'attack_acc_unfiltered_top1', 'false_positive_rate')
 # What evaluation.json's fid_features means, for the table's legend.
 FID_CONVENTIONS = {
@@ -55,44 +71,84 @@ def validate_config(config: ml_collections.ConfigDict):
   """Fails before any work, naming the field: the matrix, every cell's config, the protocol's weight files."""
   check, study = config_checks.check_field, config.study
   for defense in study.defenses:
-    check(defense in defenses.DEFENSES, 'study.defenses', tuple(study.defenses),
-          f'{defense!r} is not a defense; known: {sorted(defenses.DEFENSES)}')
+    check(
+        defense in defenses.DEFENSES,
+        'study.defenses',
+        tuple(study.defenses),
+        f'{defense!r} is not a defense; known: {sorted(defenses.DEFENSES)}',
+    )
   for attack in study.attacks:
-    check(attack in attacks.ATTACKS and attack in config.attacks, 'study.attacks', tuple(study.attacks),
-          f'{attack!r}: expected attacks of mi_jax.attacks.ATTACKS ({sorted(attacks.ATTACKS)}) with a config.attacks '
-          'section')
-    check(config.attacks[attack].job == attacks.ATTACKS[attack], f'attacks.{attack}.job', config.attacks[attack].job,
-          f'expected {attacks.ATTACKS[attack]!r}')
+    check(
+        attack in attacks.ATTACKS and attack in config.attacks,
+        'study.attacks',
+        tuple(study.attacks),
+        f'{attack!r}: expected attacks of mi_jax.attacks.ATTACKS ({sorted(attacks.ATTACKS)}) with a config.attacks '
+        'section',
+    )
+    check(
+        config.attacks[attack].job == attacks.ATTACKS[attack],
+        f'attacks.{attack}.job',
+        config.attacks[attack].job,
+        f'expected {attacks.ATTACKS[attack]!r}',
+    )
   check(len(study.architectures) > 0, 'study.architectures', study.architectures, 'expected at least one architecture')
   check(len(study.attacks) > 0, 'study.attacks', study.attacks, 'expected at least one attack')
   check(study.checkpoint in ('latest', 'best'), 'study.checkpoint', study.checkpoint, "expected 'latest' or 'best'")
-  check(study.evaluation_model in EVALUATION_MODEL_SOURCES, 'study.evaluation_model', study.evaluation_model,
-        f'expected one of {EVALUATION_MODEL_SOURCES}')
+  check(
+      study.evaluation_model in EVALUATION_MODEL_SOURCES,
+      'study.evaluation_model',
+      study.evaluation_model,
+      f'expected one of {EVALUATION_MODEL_SOURCES}',
+  )
   for arch in study.architectures:
-    check(arch in study.per_architecture, f'study.per_architecture.{arch}', None,
-          'every architecture of the study needs its row (init, init_file, batch_size)')
+    check(
+        arch in study.per_architecture,
+        f'study.per_architecture.{arch}',
+        None,
+        'every architecture of the study needs its row (init, init_file, batch_size)',
+    )
     row = study.per_architecture[arch]
-    check(row.init in ('imagenet', 'scratch'), f'study.per_architecture.{arch}.init', row.init,
-          "expected 'imagenet' or 'scratch'")
-    check(row.init != 'imagenet' or study.from_scratch or bool(row.init_file), f'study.per_architecture.{arch}.init_file',
-          row.init_file, f'the protocol starts {arch} from ImageNet weights: name torchvision\'s file, or set '
-          'config.study.from_scratch=True to train from random weights')
+    check(
+        row.init in ('imagenet', 'scratch'),
+        f'study.per_architecture.{arch}.init',
+        row.init,
+        "expected 'imagenet' or 'scratch'",
+    )
+    check(
+        row.init != 'imagenet' or study.from_scratch or bool(row.init_file),
+        f'study.per_architecture.{arch}.init_file',
+        row.init_file,
+        f"the protocol starts {arch} from ImageNet weights: name torchvision's file, or set "
+        'config.study.from_scratch=True to train from random weights',
+    )
   eval_file = config.evaluation_model.model.init_file
   if study.evaluation_model == 'import':
-    check(bool(eval_file), 'evaluation_model.model.init_file', eval_file,
-          "study.evaluation_model='import' uses this file as the evaluation model (PPA's released "
-          "inception_v3_facescrub.pt): name it, or set study.evaluation_model='train'")
+    check(
+        bool(eval_file),
+        'evaluation_model.model.init_file',
+        eval_file,
+        "study.evaluation_model='import' uses this file as the evaluation model (PPA's released "
+        "inception_v3_facescrub.pt): name it, or set study.evaluation_model='train'",
+    )
   else:
-    check(study.from_scratch or bool(eval_file) or config.evaluation_model.model.name != 'inception_v3',
-          'evaluation_model.model.init_file', eval_file, 'PPA trains its Inception-v3 evaluation model from ImageNet '
-          'weights: name torchvision\'s file, or set config.study.from_scratch=True')
+    check(
+        study.from_scratch or bool(eval_file) or config.evaluation_model.model.name != 'inception_v3',
+        'evaluation_model.model.init_file',
+        eval_file,
+        'PPA trains its Inception-v3 evaluation model from ImageNet '
+        "weights: name torchvision's file, or set config.study.from_scratch=True",
+    )
   for arch in study.architectures:
     for defense in study.defenses:
       jobs.validate_config(row_config(config, arch, defense))
   jobs.validate_config(evaluation_config(config))
   for attack in study.attacks:
-    check(bool(config.attacks[attack].generator.dir), f'attacks.{attack}.generator.dir',
-          config.attacks[attack].generator.dir, 'name a generator directory (configs/import_stylegan.py or the gan job)')
+    check(
+        bool(config.attacks[attack].generator.dir),
+        f'attacks.{attack}.generator.dir',
+        config.attacks[attack].generator.dir,
+        'name a generator directory (configs/import_stylegan.py or the gan job)',
+    )
   evaluate.validate_metrics(config.metrics)
 
 
@@ -162,8 +218,11 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     run()
 
   eval_dir = os.path.join(workdir, 'evaluation_model')
-  step(f'evaluation model ({study.evaluation_model})', os.path.join(eval_dir, 'results.json'),
-       lambda: jobs.run(evaluation_config(config), eval_dir))
+  step(
+      f'evaluation model ({study.evaluation_model})',
+      os.path.join(eval_dir, 'results.json'),
+      lambda: jobs.run(evaluation_config(config), eval_dir),
+  )
   metrics = ml_collections.ConfigDict(config.metrics.to_dict())
   metrics.cache_dir = metrics.cache_dir or os.path.join(workdir, 'cache')
 
@@ -172,25 +231,43 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     label = defenses.DEFENSES[defense].label
     train_dir = os.path.join(workdir, arch, defense, 'train')
     target_dir = _target_dir(train_dir, defense)
-    step(f'{arch} / {label}: train', os.path.join(train_dir, 'results.json'),
-         lambda: jobs.run(row_config(config, arch, defense), train_dir))
+    step(
+        f'{arch} / {label}: train',
+        os.path.join(train_dir, 'results.json'),
+        lambda: jobs.run(row_config(config, arch, defense), train_dir),
+    )
     for attack in study.attacks:
       attack_dir = os.path.join(workdir, arch, defense, attack)
-      step(f'{arch} / {label} / {attack}: attack', os.path.join(attack_dir, 'attack.json'),
-           lambda: jobs.run(attack_config(config, attack, target_dir), attack_dir))
-      step(f'{arch} / {label} / {attack}: evaluate', os.path.join(attack_dir, 'evaluation.json'),
-           lambda: evaluate.evaluate_attack(attack_dir, eval_dir, metrics, study.checkpoint))
+      step(
+          f'{arch} / {label} / {attack}: attack',
+          os.path.join(attack_dir, 'attack.json'),
+          lambda: jobs.run(attack_config(config, attack, target_dir), attack_dir),
+      )
+      step(
+          f'{arch} / {label} / {attack}: evaluate',
+          os.path.join(attack_dir, 'evaluation.json'),
+          lambda: evaluate.evaluate_attack(attack_dir, eval_dir, metrics, study.checkpoint),
+      )
       attacked = _load(os.path.join(attack_dir, 'attack.json'))
-      rows.append({'architecture': arch, 'defense': label, 'key': defense, 'attack': attack,
-                   'acc': attacked['target_metrics']['test_accuracy'], 'step': attacked['target_step'],
-                   'epoch': attacked['target_step'] / _steps_per_epoch(target_dir),
-                   **_load(os.path.join(attack_dir, 'evaluation.json'))})
+      rows.append(
+          {
+              'architecture': arch,
+              'defense': label,
+              'key': defense,
+              'attack': attack,
+              'acc': attacked['target_metrics']['test_accuracy'],
+              'step': attacked['target_step'],
+              'epoch': attacked['target_step'] / _steps_per_epoch(target_dir),
+              **_load(os.path.join(attack_dir, 'evaluation.json')),
+          }
+      )
 
   add_deltas(rows)
   write_table(workdir, rows, config)
   write_figures(workdir, rows, config)
-  logging.info('Study done in %s:\n%s', reporting.format_duration(time.time() - started),
-               markdown_table(rows, _columns(study)))
+  logging.info(
+      'Study done in %s:\n%s', reporting.format_duration(time.time() - started), markdown_table(rows, _columns(study))
+  )
   return rows
 
 
@@ -199,8 +276,11 @@ def add_deltas(rows: list[dict]):
   baseline = {(r['architecture'], r.get('attack')): r for r in rows if r['key'] == 'none'}
   for r in rows:
     base = baseline.get((r['architecture'], r.get('attack')))
-    r['delta'] = (float('nan') if base is None or r is base else
-                  scores.delta_ratio(base['acc'], base['attack_acc_top1'], r['acc'], r['attack_acc_top1']))
+    r['delta'] = (
+        float('nan')
+        if base is None or r is base
+        else scores.delta_ratio(base['acc'], base['attack_acc_top1'], r['acc'], r['attack_acc_top1'])
+    )
 
 
 def _cell(key: str, value) -> str:
@@ -218,8 +298,11 @@ def _cell(key: str, value) -> str:
   return f'{value:.2f}' if key != 'knn_dist_eval' or abs(value) < 1e4 else f'{value:.3g}'
 
 
-FID_HEADERS = {'inception_ppa_inputs': 'FID ↑ (PPA inputs)', 'inception': 'FID ↑ (standard)',
-               'evaluation_model': 'FID ↑ (eval. features)'}
+FID_HEADERS = {
+    'inception_ppa_inputs': 'FID ↑ (PPA inputs)',
+    'inception': 'FID ↑ (standard)',
+    'evaluation_model': 'FID ↑ (eval. features)',
+}
 
 
 def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
@@ -242,24 +325,30 @@ def _columns(study, columns=COLUMNS):
 
 def write_table(workdir: str, rows: list[dict], config: ml_collections.ConfigDict):
   fid = '; '.join(FID_CONVENTIONS.get(f, f) for f in sorted({r.get('fid_features', '') for r in rows}))
-  note = (f'Accuracies in %. Epoch: of the attacked checkpoint ({config.study.checkpoint}), whose test accuracy is '
-          'Acc. AttAcc: the evaluation model\'s accuracy on the final images (unfilt.: on every optimised image, '
-          'before final selection). KNN distances: squared L2 to the nearest private training image of the class. '
-          f'FID and PRDC (k = 3, per class, averaged) on {fid}. Δ = AttAcc@1 drop / Acc drop against No defense. '
-          'False pos.: share of the final images the target accepts (confidence > 0.5) that the evaluation '
-          'model rejects.')
+  note = (
+      f'Accuracies in %. Epoch: of the attacked checkpoint ({config.study.checkpoint}), whose test accuracy is '
+      "Acc. AttAcc: the evaluation model's accuracy on the final images (unfilt.: on every optimised image, "
+      'before final selection). KNN distances: squared L2 to the nearest private training image of the class. '
+      f'FID and PRDC (k = 3, per class, averaged) on {fid}. Δ = AttAcc@1 drop / Acc drop against No defense. '
+      'False pos.: share of the final images the target accepts (confidence > 0.5) that the evaluation '
+      'model rejects.'
+  )
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(f'{markdown_table(rows, _columns(config.study))}\n\n'
-            f'{markdown_table(rows, _columns(config.study, PRDC_COLUMNS))}\n\n{note}\n')
-  keys = ([k for k, _ in _columns(config.study)] + [k for k, _ in PRDC_COLUMNS if k.startswith('prdc_')] +
-          ['step', 'fid_features'])
+    f.write(
+        f'{markdown_table(rows, _columns(config.study))}\n\n'
+        f'{markdown_table(rows, _columns(config.study, PRDC_COLUMNS))}\n\n{note}\n'
+    )
+  keys = (
+      [k for k, _ in _columns(config.study)]
+      + [k for k, _ in PRDC_COLUMNS if k.startswith('prdc_')]
+      + ['step', 'fid_features']
+  )
   with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(keys)
     for r in rows:
       writer.writerow([r.get(k, '') for k in keys])
-  reporting.write_json(os.path.join(workdir, 'results.json'),
-                       {'rows': rows, 'study': reporting.config_json(config)})
+  reporting.write_json(os.path.join(workdir, 'results.json'), {'rows': rows, 'study': reporting.config_json(config)})
 
 
 def write_figures(workdir: str, rows: list[dict], config: ml_collections.ConfigDict):
@@ -267,23 +356,38 @@ def write_figures(workdir: str, rows: list[dict], config: ml_collections.ConfigD
   os.makedirs(figures, exist_ok=True)
   for arch in config.study.architectures:
     for attack in config.study.attacks:
-      norms = {defenses.DEFENSES[d].label: gradient_flow.stage_gradient_norms(os.path.join(workdir, arch, d, attack))
-               for d in config.study.defenses}
+      norms = {
+          defenses.DEFENSES[d].label: gradient_flow.stage_gradient_norms(os.path.join(workdir, arch, d, attack))
+          for d in config.study.defenses
+      }
       name = f'gradient_flow_{arch}.png' if len(config.study.attacks) == 1 else f'gradient_flow_{arch}_{attack}.png'
       gradient_flow.plot_gradient_flow(os.path.join(figures, name), arch, norms)
-  groups = [' '.join([r['architecture'], r['defense']] + ([r['attack']] if len(config.study.attacks) > 1 else []))
-            for r in rows]
-  plots.grouped_bars(os.path.join(figures, 'false_positives.png'), groups,
-                     {'target accepts': [r['target_accepts'] for r in rows],
-                      'evaluation model rejects (of those)': [r['false_positive_rate'] for r in rows]},
-                     'False positives: accepted by the target, rejected by the evaluation model', 'share of images')
-  plots.grouped_bars(os.path.join(figures, 'accuracy_vs_attack.png'), groups,
-                     {'Acc': [r['acc'] for r in rows], 'AttAcc@1': [r['attack_acc_top1'] for r in rows]},
-                     'Natural accuracy and attack accuracy per defense', 'accuracy')
+  groups = [
+      ' '.join([r['architecture'], r['defense']] + ([r['attack']] if len(config.study.attacks) > 1 else []))
+      for r in rows
+  ]
+  plots.grouped_bars(
+      os.path.join(figures, 'false_positives.png'),
+      groups,
+      {
+          'target accepts': [r['target_accepts'] for r in rows],
+          'evaluation model rejects (of those)': [r['false_positive_rate'] for r in rows],
+      },
+      'False positives: accepted by the target, rejected by the evaluation model',
+      'share of images',
+  )
+  plots.grouped_bars(
+      os.path.join(figures, 'accuracy_vs_attack.png'),
+      groups,
+      {'Acc': [r['acc'] for r in rows], 'AttAcc@1': [r['attack_acc_top1'] for r in rows]},
+      'Natural accuracy and attack accuracy per defense',
+      'accuracy',
+  )
   path = os.path.join(figures, 'repvgg_equivalence.png')
   if config.analysis.repvgg and not os.path.exists(path):
-    results = repvgg_equivalence.repvgg_equivalence(config.analysis.repvgg, width=config.analysis.repvgg_width,
-                                                    image_size=config.classifier.data.image_size)
+    results = repvgg_equivalence.repvgg_equivalence(
+        config.analysis.repvgg, width=config.analysis.repvgg_width, image_size=config.classifier.data.image_size
+    )
     reporting.write_json(os.path.join(figures, 'repvgg_equivalence.json'), results)
     repvgg_equivalence.plot_repvgg_equivalence(path, results)
 

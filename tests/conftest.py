@@ -28,6 +28,7 @@ def tfds_dir(tmp_path_factory):
 def tiny_config(tfds_dir):
   """configs/baseline.py:tiny (sklearn digits, 16px, width-8 ResNet-18) on one device."""
   from configs import baseline  # pylint: disable=g-import-not-at-top
+
   config = baseline.get_config('tiny,epochs=2')
   config.data.data_dir = tfds_dir
   config.num_devices = 1

@@ -19,8 +19,9 @@ from mi_jax.stylegan import networks, save_generator
 
 pytestmark = pytest.mark.slow  # every test here runs jitted optimisations over a tiny world
 
-GEN = networks.GeneratorConfig(z_dim=8, w_dim=8, img_resolution=16, img_channels=1, mapping_layers=2,
-                               channel_base=64, channel_max=8)
+GEN = networks.GeneratorConfig(
+    z_dim=8, w_dim=8, img_resolution=16, img_channels=1, mapping_layers=2, channel_base=64, channel_max=8
+)
 
 
 @pytest.fixture(scope='module')
@@ -32,6 +33,7 @@ def tiny_world(tmp_path_factory):
   save_generator(str(root / 'generator'), GEN, gen_vars)
 
   from configs import baseline  # pylint: disable=g-import-not-at-top
+
   config = baseline.get_config('tiny')
   model = models.build_model(config.model)
   variables = models.init_variables(model, (1, 16, 16, 1), jax.random.key(1))
@@ -47,12 +49,22 @@ def tiny_world(tmp_path_factory):
 
 def attack_config(root, **attack):
   from configs import attack_ppa  # pylint: disable=g-import-not-at-top
+
   config = attack_ppa.get_config()
   config.target.workdir = str(root / 'target')
   config.generator.dir = str(root / 'generator')
   config.num_devices = 1
-  config.attack.update(classes=(1, 3), search_space_size=24, num_candidates=6, truncation_cutoff=2, batch_size=4,
-                       steps=6, center_crop=0, final_samples=3, final_iterations=4)
+  config.attack.update(
+      classes=(1, 3),
+      search_space_size=24,
+      num_candidates=6,
+      truncation_cutoff=2,
+      batch_size=4,
+      steps=6,
+      center_crop=0,
+      final_samples=3,
+      final_iterations=4,
+  )
   config.attack.update(**attack)
   return config
 
@@ -83,10 +95,12 @@ def test_optimisation_raises_the_target_class_confidence(tiny_world):
   remat = optimize.OptimizeSettings(steps=3, lr=0.02, center_crop=0, input_size=16, remat=True)
   plain = optimize.OptimizeSettings(steps=3, lr=0.02, center_crop=0, input_size=16)
   valid = jnp.ones(4, bool)
-  w_remat, _ = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, remat))(w0, targets, valid,
-                                                                                      jax.random.key(1))
-  w_plain, _ = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, plain))(w0, targets, valid,
-                                                                                      jax.random.key(1))
+  w_remat, _ = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, remat))(
+      w0, targets, valid, jax.random.key(1)
+  )
+  w_plain, _ = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, plain))(
+      w0, targets, valid, jax.random.key(1)
+  )
   np.testing.assert_allclose(w_remat, w_plain, rtol=1e-5, atol=1e-6)
 
 
@@ -105,16 +119,19 @@ def test_gradient_statistics_and_padding(tiny_world):
   w, log = run(w0, targets, valid, key)
 
   def batch_mean_loss(w, step_key):  # PPA's step-0 loss on the three real rows, written out
-    x = transforms.random_resized_crop(step_key, synthesize(w), 16, settings.rrc_scale, settings.rrc_ratio,
-                                       settings.antialias)
+    x = transforms.random_resized_crop(
+        step_key, synthesize(w), 16, settings.rrc_scale, settings.rrc_ratio, settings.antialias
+    )
     return jnp.mean(losses.poincare_loss(model.apply(variables, x, train=False), targets[:3]))
+
   grad = np.abs(np.asarray(jax.grad(batch_mean_loss)(w0[:3], jax.random.split(key, 3)[0])))
   np.testing.assert_allclose(log['w_grad_abs_mean'][0], grad.mean(), rtol=1e-4)
   np.testing.assert_allclose(log['w_grad_abs_std'][0], grad.std(ddof=1), rtol=1e-4)
   np.testing.assert_allclose(log['loss'][0], batch_mean_loss(w0[:3], jax.random.split(key, 3)[0]), rtol=1e-5)
   # The three real rows end where a batch of only them ends (same crops; Adam is per element).
-  w3, log3 = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, settings))(w0[:3], targets[:3],
-                                                                                       jnp.ones(3, bool), key)
+  w3, log3 = jax.jit(optimize.make_optimize_fn(synthesize, classify, zeros, settings))(
+      w0[:3], targets[:3], jnp.ones(3, bool), key
+  )
   np.testing.assert_allclose(w[:3], w3, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(log['w_grad_abs_std'], log3['w_grad_abs_std'], rtol=1e-5)
 
@@ -127,8 +144,16 @@ def test_attack_job_outputs_resume_and_device_count(tiny_world, tmp_path):
   config.evaluation.workdir = str(root / 'target')  # the target as its own evaluator: top-1 = its own verdict
   results = jobs.run(config, workdir)
   assert results['classes'] == 2 and results['latents_optimized'] == 12 and results['batches'] == 2
-  for name in ('candidates.npz', 'optimized/batch_00001.npz', 'final/class_00001.npz', 'grids/class_00003.png',
-               'final_grid.png', 'log.json', 'attack.json', 'run.json'):
+  for name in (
+      'candidates.npz',
+      'optimized/batch_00001.npz',
+      'final/class_00001.npz',
+      'grids/class_00003.png',
+      'final_grid.png',
+      'log.json',
+      'attack.json',
+      'run.json',
+  ):
     assert os.path.exists(os.path.join(workdir, name)), name
   with np.load(os.path.join(workdir, 'final', 'class_00003.npz')) as f:
     # No images: they are rendered from w when evaluated (float, as PPA); the evaluator's logits are kept.
@@ -144,8 +169,10 @@ def test_attack_job_outputs_resume_and_device_count(tiny_world, tmp_path):
   # rendered from the saved latents: top-1 over the final images, and over every optimised one (unfiltered).
   model, variables = tiny_world[1], tiny_world[2]
   render = attack_outputs.make_renderer(workdir)
-  for (w, targets), prefix in ((attack_outputs.final_latents(workdir)[:2], 'eval'),
-                               (attack_outputs.optimized_latents(workdir), 'eval_unfiltered')):
+  for (w, targets), prefix in (
+      (attack_outputs.final_latents(workdir)[:2], 'eval'),
+      (attack_outputs.optimized_latents(workdir), 'eval_unfiltered'),
+  ):
     images = np.asarray(render(jnp.asarray(w), 16))
     assert images.shape == (len(w), 16, 16, 1) and images.dtype == np.float32
     logits = np.asarray(model.apply(variables, images, train=False))

@@ -19,10 +19,11 @@ def test_poincare_loss_hand_computed():
   np.testing.assert_allclose(got, [math.acosh(1 + 2 * 0.085 / (0.375 * 0.19))], rtol=1e-6)
   # Negative logits count by magnitude in the L1 norm: (-1, 3) -> u = (-0.25, 0.75); target 1, xi 1e-4.
   u, v = np.array([-0.25, 0.75]), np.array([0.0, 0.9999])
-  delta = 2 * np.sum((u - v) ** 2) / ((1 - np.sum(u ** 2)) * (1 - np.sum(v ** 2)))
+  delta = 2 * np.sum((u - v) ** 2) / ((1 - np.sum(u**2)) * (1 - np.sum(v**2)))
   # (1 - |v|^2 = 2e-4 cancels in float32: rtol 1e-4.)
-  np.testing.assert_allclose(losses.poincare_loss(jnp.array([[-1.0, 3.0]]), jnp.array([1])), [np.arccosh(1 + delta)],
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+      losses.poincare_loss(jnp.array([[-1.0, 3.0]]), jnp.array([1])), [np.arccosh(1 + delta)], rtol=1e-4
+  )
 
 
 def test_poincare_loss_falls_as_the_target_logit_dominates():
@@ -56,8 +57,9 @@ def test_resized_crop_of_an_integer_box_equals_slicing():
   block = np.asarray(images[:, 3:7, 5:9])  # around output pixel (2, 3)
   aa = np.einsum('i,j,nijc->nc', weights, weights, block)
   np.testing.assert_allclose(transforms.resized_crop(images, full, 6, True)[:, 2, 3], aa, atol=1e-6)
-  np.testing.assert_allclose(transforms.resized_crop(images, full, 6, False)[:, 2, 3],
-                             images[:, 4:6, 6:8].mean(axis=(1, 2)), atol=1e-6)
+  np.testing.assert_allclose(
+      transforms.resized_crop(images, full, 6, False)[:, 2, 3], images[:, 4:6, 6:8].mean(axis=(1, 2)), atol=1e-6
+  )
 
 
 @pytest.mark.parametrize('antialias', [False, True])
@@ -65,6 +67,7 @@ def test_resizes_match_torchvision(antialias):
   """F.resize and F.resized_crop of float tensors, antialias off (the RoLSS code) and on (upstream PPA)."""
   torch = pytest.importorskip('torch', reason='torch is not installed')
   from mi_jax.convert import torch_compat  # pylint: disable=g-import-not-at-top
+
   functional = torch_compat.import_torchvision().transforms.functional
   images = np.random.default_rng(1).uniform(-1, 1, (2, 37, 41, 3)).astype(np.float32)
   nchw = torch.from_numpy(images).permute(0, 3, 1, 2)
@@ -80,17 +83,20 @@ def test_resizes_match_torchvision(antialias):
     assert np.abs(np.asarray(got) - want).max() <= 1e-5
   # Antialiasing matters: the two settings give other images.
   other = transforms.resize(jnp.asarray(square), 7, not antialias)
-  assert np.abs(np.asarray(other) - to_nhwc(functional.resize(nchw[..., :37], [7, 7], antialias=antialias))).max() > 0.05
+  assert (
+      np.abs(np.asarray(other) - to_nhwc(functional.resize(nchw[..., :37], [7, 7], antialias=antialias))).max() > 0.05
+  )
 
 
 def test_random_resized_crop_box_follows_scale_and_ratio():
   boxes = jax.vmap(lambda k: transforms.random_resized_crop_box(k, 100, 100, (0.5, 0.9), (1.0, 1.0)))(
-      jax.random.split(jax.random.key(0), 200))
+      jax.random.split(jax.random.key(0), 200)
+  )
   top, left, h, w = np.asarray(boxes).T
-  assert np.all(h == w)                                     # ratio 1: square crops
+  assert np.all(h == w)  # ratio 1: square crops
   assert np.all((h * w >= 0.5 * 1e4 - 200) & (h * w <= 0.9 * 1e4 + 200))  # area within scale (rounding)
   assert np.all((top >= 0) & (left >= 0) & (top + h <= 100) & (left + w <= 100))
-  assert len(np.unique(top)) > 20                          # positions vary
+  assert len(np.unique(top)) > 20  # positions vary
   # Impossible ratios fall back to the centred, ratio-clamped whole image.
   fallback = transforms.random_resized_crop_box(jax.random.key(1), 100, 50, (1.0, 1.0), (4.0, 5.0))
   np.testing.assert_array_equal(fallback, [44, 0, 12, 50])  # w = 50, h = round(50 / 4) = 12, centred
@@ -125,8 +131,12 @@ def test_final_selection_prefers_what_the_target_is_sure_of():
   images = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (5, 16, 16, 1)), jnp.float32)
   classify_pixels = lambda x: jnp.stack([10 * x[:, 4:12, 4:12].mean(axis=(1, 2, 3)), jnp.zeros(x.shape[0])], axis=1)
   whole = selection.final_scores(classify_pixels, images, jnp.zeros(5, jnp.int32), key, iterations=6)
-  split = jnp.concatenate([selection.final_scores(classify_pixels, images[:2], jnp.zeros(2, jnp.int32), key, 6),
-                           selection.final_scores(classify_pixels, images[2:], jnp.zeros(3, jnp.int32), key, 6)])
+  split = jnp.concatenate(
+      [
+          selection.final_scores(classify_pixels, images[:2], jnp.zeros(2, jnp.int32), key, 6),
+          selection.final_scores(classify_pixels, images[2:], jnp.zeros(3, jnp.int32), key, 6),
+      ]
+  )
   np.testing.assert_allclose(split, whole, rtol=1e-6)
   images = jnp.broadcast_to(levels[:, None, None, None], (5, 16, 16, 1))
   both = selection.flip_averaged_confidence(classify, images)

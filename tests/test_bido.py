@@ -21,7 +21,7 @@ def _one_hot_labels(num_classes=4, per_class=10):
 def test_gaussian_kernel_matches_pairwise_definition():
   x = np.random.RandomState(0).randn(7, 3, 2, 2)
   flat = x.reshape(7, -1)
-  want = np.array([[np.exp(-np.sum((a - b)**2) / (2 * 5.0**2 * 12)) for b in flat] for a in flat])
+  want = np.array([[np.exp(-np.sum((a - b) ** 2) / (2 * 5.0**2 * 12)) for b in flat] for a in flat])
   np.testing.assert_allclose(bido.gaussian_kernel(jnp.asarray(x), 5.0), want, rtol=1e-5, atol=1e-6)
 
 
@@ -58,8 +58,9 @@ def test_nhsic_is_symmetric_and_invariant_to_a_joint_permutation():
 
 
 def _model_config(name, skip=(1, 1, 1, 1)):
-  return ml_collections.ConfigDict(dict(name=name, num_classes=4, skip=skip, width=8, stem='small',
-                                        dtype='float32', skip_mode='truncate'))
+  return ml_collections.ConfigDict(
+      dict(name=name, num_classes=4, skip=skip, width=8, stem='small', dtype='float32', skip_mode='truncate')
+  )
 
 
 @pytest.mark.parametrize('name, count, last', [('resnet18', 1 + 8 + 1, 64), ('densenet121', 1 + 4 + 1, 128)])

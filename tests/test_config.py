@@ -40,23 +40,26 @@ def test_paper_defaults():
   assert tuple(config.data.augment.rrc_scale) == (0.85, 1.0)
 
 
-@pytest.mark.parametrize('field, value, message', [
-    ('job', 'trian', 'config.job=.trian.'),
-    ('model.name', 'resnet19', 'config.model.name=.resnet19.'),
-    ('model.skip', (1, 1, 1), 'config.model.skip=.* has 3 entries'),
-    ('model.skip', (1, 1, 1, 1.5), 'config.model.skip: .*must lie in'),
-    ('model.skip', (1, 1, 1, 'lean'), 'config.model.skip: .*expected'),
-    ('data.name', 'facescrab', 'config.data.name=.facescrab.'),
-    ('data.name', 'mnist_demo/privat', 'config.data.name=.mnist_demo/privat.'),
-    ('train.batch_size', 0, 'config.train.batch_size=0'),
-    ('optim.lr_milestones', (90, 75), 'config.optim.lr_milestones'),
-    ('data.augment.rrc_scale', (0.9, 0.5), 'config.data.augment.rrc_scale'),
-    ('matmul_precision', 'fastest_please', 'config.matmul_precision=.fastest_please.'),
-    ('model.legacy_stage3_split', 0.4, r'config.model.legacy_stage3_split=0.4 keeps int\(0.4 \* 2\) = 0'),
-    ('model.transform_input', True, 'config.model.transform_input=True applies to inception models only'),
-    ('train.epochs', 0, 'config.train.epochs=0: 0 means "use config.model.init_file as it is"'),
-    ('model.init_file', '/no/such/weights.pth', 'config.model.init_file=./no/such/weights.pth.: no such file'),
-])
+@pytest.mark.parametrize(
+    'field, value, message',
+    [
+        ('job', 'trian', 'config.job=.trian.'),
+        ('model.name', 'resnet19', 'config.model.name=.resnet19.'),
+        ('model.skip', (1, 1, 1), 'config.model.skip=.* has 3 entries'),
+        ('model.skip', (1, 1, 1, 1.5), 'config.model.skip: .*must lie in'),
+        ('model.skip', (1, 1, 1, 'lean'), 'config.model.skip: .*expected'),
+        ('data.name', 'facescrab', 'config.data.name=.facescrab.'),
+        ('data.name', 'mnist_demo/privat', 'config.data.name=.mnist_demo/privat.'),
+        ('train.batch_size', 0, 'config.train.batch_size=0'),
+        ('optim.lr_milestones', (90, 75), 'config.optim.lr_milestones'),
+        ('data.augment.rrc_scale', (0.9, 0.5), 'config.data.augment.rrc_scale'),
+        ('matmul_precision', 'fastest_please', 'config.matmul_precision=.fastest_please.'),
+        ('model.legacy_stage3_split', 0.4, r'config.model.legacy_stage3_split=0.4 keeps int\(0.4 \* 2\) = 0'),
+        ('model.transform_input', True, 'config.model.transform_input=True applies to inception models only'),
+        ('train.epochs', 0, 'config.train.epochs=0: 0 means "use config.model.init_file as it is"'),
+        ('model.init_file', '/no/such/weights.pth', 'config.model.init_file=./no/such/weights.pth.: no such file'),
+    ],
+)
 def test_validate_names_the_field(field, value, message):
   config = baseline.get_config('demo')
   section = config
@@ -72,6 +75,7 @@ def test_every_job_config_sets_the_matmul_precision_the_paper_ran_with():
   """float32 convs and matmuls ('highest'), as on the paper's V100s, unless a config says otherwise."""
   import jax  # pylint: disable=g-import-not-at-top
   from configs import attack_ppa, eval_model, evaluate, gan_demo, import_stylegan, paper  # pylint: disable=g-import-not-at-top
+
   for module in (baseline, attack_ppa, eval_model, evaluate, gan_demo, import_stylegan, paper):
     assert module.get_config().matmul_precision == 'highest', module.__name__
   before = jax.config.jax_default_matmul_precision
@@ -84,21 +88,30 @@ def test_every_job_config_sets_the_matmul_precision_the_paper_ran_with():
     jax.config.update('jax_default_matmul_precision', before)
 
 
-@pytest.mark.parametrize('env, expected', [
-    ({}, False),
-    ({'SLURM_NTASKS': '1'}, False),
-    ({'SLURM_NTASKS': '4'}, True),
-    ({'OMPI_COMM_WORLD_SIZE': '2'}, True),
-    ({'JAX_NUM_PROCESSES': '2'}, True),
-    ({'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234'}, True),
-])
+@pytest.mark.parametrize(
+    'env, expected',
+    [
+        ({}, False),
+        ({'SLURM_NTASKS': '1'}, False),
+        ({'SLURM_NTASKS': '4'}, True),
+        ({'OMPI_COMM_WORLD_SIZE': '2'}, True),
+        ({'JAX_NUM_PROCESSES': '2'}, True),
+        ({'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234'}, True),
+    ],
+)
 def test_multi_process_detection(env, expected):
   assert jobs.is_multi_process_env(env) is expected
 
 
 def _launch(*args):
-  return subprocess.run([sys.executable, 'launch.py', *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                        timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  return subprocess.run(
+      [sys.executable, 'launch.py', *args],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+  )
 
 
 def test_launch_rejects_unknown_field(tmp_path):

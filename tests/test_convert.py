@@ -4,7 +4,6 @@ Needs the optional torch extra (pip install -e '.[torch]' plus torchvision==0.28
 skipped with the reason when torch is absent.
 """
 
-
 import jax
 import numpy as np
 import pytest
@@ -21,8 +20,9 @@ def _parity(name, torch_net, state_dict, input_size=64, **config_fields):
   config = model_config(name, 7, **config_fields)
   model = models.build_model(config)
   fresh = models.init_variables(model, (1, input_size, input_size, 3), jax.random.PRNGKey(0))
-  variables, report = tv_convert.merge_into(tv_convert.to_flax(tv_convert.clean_state_dict(state_dict),
-                                                               tv_convert.kind_of(name)), jax.device_get(fresh))
+  variables, report = tv_convert.merge_into(
+      tv_convert.to_flax(tv_convert.clean_state_dict(state_dict), tv_convert.kind_of(name)), jax.device_get(fresh)
+  )
   assert not report.reinitialised and not report.dropped
   x = np.random.default_rng(0).normal(size=(2, 3, input_size, input_size)).astype(np.float32)
   with torch.no_grad():
@@ -55,6 +55,7 @@ def test_legacy_stage3_split_drops_the_skips_the_released_code_drops(name, plain
         out = block.relu(block.bn2(block.conv2(out)))
         return block.relu(block.bn3(block.conv3(out)))
       return block.relu(block.bn2(block.conv2(out)))
+
     return forward
 
   full_error = _parity(name, net, state)  # before rewiring: the option off gives the plain ResNet
@@ -71,8 +72,10 @@ def test_densenet_parity_with_torchvision_and_legacy_names():
   state = {k: v.numpy() for k, v in net.state_dict().items()}
   assert _parity('densenet121', net, state) <= 1e-4
   # The released .pth files name dense-layer parts norm.1/conv.2; PPA wraps the net as `model.`.
-  legacy = {('model.' + k).replace('norm1.', 'norm.1.').replace('conv2.', 'conv.2.')
-            if 'denselayer' in k else 'model.' + k: v for k, v in state.items()}
+  legacy = {
+      ('model.' + k).replace('norm1.', 'norm.1.').replace('conv2.', 'conv.2.') if 'denselayer' in k else 'model.' + k: v
+      for k, v in state.items()
+  }
   assert any('norm.1.' in k for k in legacy)
   assert _parity('densenet121', net, legacy) <= 1e-4
 
@@ -86,22 +89,27 @@ def test_init_file_with_new_head_and_clear_errors(tmp_path):
   model = models.build_model(config)
   fresh = jax.device_get(models.init_variables(model, (1, 32, 32, 3), jax.random.PRNGKey(0)))
   variables = convert.init_from_file(config, fresh)
-  np.testing.assert_array_equal(variables['params']['conv1']['kernel'],
-                                net.conv1.weight.detach().numpy().transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(variables['batch_stats']['layer4_1']['bn2']['var'],
-                                net.layer4[1].bn2.running_var.numpy())
+  np.testing.assert_array_equal(
+      variables['params']['conv1']['kernel'], net.conv1.weight.detach().numpy().transpose(2, 3, 1, 0)
+  )
+  np.testing.assert_array_equal(
+      variables['batch_stats']['layer4_1']['bn2']['var'], net.layer4[1].bn2.running_var.numpy()
+  )
   np.testing.assert_array_equal(variables['params']['fc']['kernel'], fresh['params']['fc']['kernel'])
   config.init_reinit = ()
-  with pytest.raises(transplant.TransplantError, match=r'(?s)params/fc/kernel: source \(512, 1000\) vs target \(512, 5\)'
-                     r'.*config.model.init_reinit'):
+  with pytest.raises(
+      transplant.TransplantError,
+      match=r'(?s)params/fc/kernel: source \(512, 1000\) vs target \(512, 5\)' r'.*config.model.init_reinit',
+  ):
     convert.init_from_file(config, fresh)
   config.init_file = str(tmp_path / 'missing.pth')
   with pytest.raises(FileNotFoundError, match='config.model.init_file='):
     convert.init_from_file(config, fresh)
   # A DenseNet file for a ResNet config: every unmatched tensor is listed.
   with pytest.raises(transplant.TransplantError, match='not in the target model'):
-    tv_convert.merge_into(tv_convert.to_flax({'features.conv0.weight': np.zeros((64, 3, 7, 7), np.float32)},
-                                             'densenet'), fresh)
+    tv_convert.merge_into(
+        tv_convert.to_flax({'features.conv0.weight': np.zeros((64, 3, 7, 7), np.float32)}, 'densenet'), fresh
+    )
 
 
 @pytest.mark.slow
@@ -113,19 +121,28 @@ def test_a_weight_file_used_as_it_is_is_a_checkpoint_with_torchs_function(tmp_pa
   from mi_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
   from mi_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
   import PIL.Image  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
   for c in range(3):  # an RGB image folder: 3 classes of 10 random 40x40 images
     (tmp_path / 'raw' / f'class{c}').mkdir(parents=True)
     for i in range(10):
-      PIL.Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / 'raw' / f'class{c}' / f'{i}.png')
+      PIL.Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+          tmp_path / 'raw' / f'class{c}' / f'{i}.png'
+      )
   tvm = torchvision_models(seed=13)
   net = randomised(tvm.resnet18(num_classes=3), seed=13)
   torch.save(net.state_dict(), tmp_path / 'resnet18.pth')
   config = baseline.get_config('tiny')
-  config.data.update(name='image_folder/toy', data_dir=str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'raw'),
-                     test_fraction=0.3, image_size=32)
-  config.model.update(name='resnet18', num_classes=3, width=0, stem='imagenet', init_file=str(tmp_path / 'resnet18.pth'),
-                      init_reinit=())
+  config.data.update(
+      name='image_folder/toy',
+      data_dir=str(tmp_path / 'tfds'),
+      manual_dir=str(tmp_path / 'raw'),
+      test_fraction=0.3,
+      image_size=32,
+  )
+  config.model.update(
+      name='resnet18', num_classes=3, width=0, stem='imagenet', init_file=str(tmp_path / 'resnet18.pth'), init_reinit=()
+  )
   config.train.update(epochs=0, batch_size=8)
   config.num_devices = 1
   results = jobs.run(config, str(tmp_path / 'imported'))
@@ -142,7 +159,12 @@ def test_a_weight_file_used_as_it_is_is_a_checkpoint_with_torchs_function(tmp_pa
   # The same file for a 4-class config: refused before anything is written, naming what does not fit.
   config.model.num_classes = 4
   config.data.name = 'image_folder/toy'
-  with pytest.raises(transplant.TransplantError, match=r'(?s)num_classes=4.*params/fc/kernel: source \(512, 3\) vs '
-                     r'target \(512, 4\)'):
-    convert.init_from_file(config.model, jax.device_get(models.init_variables(
-        models.build_model(config.model), (1, 32, 32, 3), jax.random.PRNGKey(0))), as_is=True)
+  with pytest.raises(
+      transplant.TransplantError,
+      match=r'(?s)num_classes=4.*params/fc/kernel: source \(512, 3\) vs ' r'target \(512, 4\)',
+  ):
+    convert.init_from_file(
+        config.model,
+        jax.device_get(models.init_variables(models.build_model(config.model), (1, 32, 32, 3), jax.random.PRNGKey(0))),
+        as_is=True,
+    )

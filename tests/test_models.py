@@ -85,7 +85,9 @@ def test_learnable_skip_equals_fixed_and_is_clipped():
   fixed_vars = {**variables, 'params': {k: v for k, v in variables['params'].items() if k != 'skip_scale_stage4'}}
 
   def with_raw(raw):
-    return jax.jit(learn.apply)({**variables, 'params': {**variables['params'], 'skip_scale_stage4': jnp.float32(raw)}}, x)
+    return jax.jit(learn.apply)(
+        {**variables, 'params': {**variables['params'], 'skip_scale_stage4': jnp.float32(raw)}}, x
+    )
 
   for raw, k in ((0.3, 0.3), (1.7, 1.0), (-0.5, 0.0)):
     want = jax.jit(_tiny((1, 1, 1, k)).apply)(fixed_vars, x)
@@ -100,14 +102,24 @@ def test_stage_input_perturbations_give_stage_gradients():
   x = jax.random.normal(jax.random.PRNGKey(3), (2, 16, 16, 3))
   variables = _init(model, 16)
   grads = jax.jit(jax.grad(lambda pert: model.apply({**variables, 'perturbations': pert}, x).sum()))(
-      variables['perturbations'])
+      variables['perturbations']
+  )
   assert set(grads) == {f'stage{i}_input' for i in range(1, 5)}
   assert grads['stage1_input'].shape == (2, 16, 16, 4) and grads['stage4_input'].shape == (2, 4, 4, 16)
 
 
 def test_build_model_from_config():
-  config = ml_collections.ConfigDict(dict(name='resnet50', num_classes=7, skip=(1, 1, 1, 0.2), width=8,
-                                          stem='imagenet', dtype='float32', skip_mode='truncate'))
+  config = ml_collections.ConfigDict(
+      dict(
+          name='resnet50',
+          num_classes=7,
+          skip=(1, 1, 1, 0.2),
+          width=8,
+          stem='imagenet',
+          dtype='float32',
+          skip_mode='truncate',
+      )
+  )
   model = models.build_model(config)
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, 64, 64, 3))))
   out = jax.eval_shape(model.apply, variables, jnp.zeros((2, 64, 64, 3)))
@@ -121,8 +133,9 @@ def test_build_model_from_config():
 def test_densenet_truncation_follows_the_official_channel_formula(k):
   """Layer j >= 1 of a truncated block sees round(k*C0) + (j-1)*round(k*g) + g channels."""
   growth, blocks, init_features = densenet.DENSENET_CONFIGS['densenet121']
-  model = densenet.DenseNet(growth_rate=growth, block_config=blocks, num_init_features=init_features,
-                            num_classes=530, skip=(1, 1, 1, k))
+  model = densenet.DenseNet(
+      growth_rate=growth, block_config=blocks, num_init_features=init_features, num_classes=530, skip=(1, 1, 1, k)
+  )
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))['params']
   block4 = params['denseblock4']
   c0 = 512  # DenseNet-121: 1024 channels after block 3, halved by transition 3
@@ -136,27 +149,45 @@ def test_densenet_truncation_follows_the_official_channel_formula(k):
 
 def test_densenet_scale_mode_keeps_the_tree_and_can_learn():
   def tree(skip):
-    model = models.build_model(ml_collections.ConfigDict(dict(
-        name='densenet121', num_classes=5, skip=skip, width=8, stem='small', dtype='float32', skip_mode='scale')))
+    model = models.build_model(
+        ml_collections.ConfigDict(
+            dict(
+                name='densenet121', num_classes=5, skip=skip, width=8, stem='small', dtype='float32', skip_mode='scale'
+            )
+        )
+    )
     return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1))))['params']
+
   full = jax.tree.map(lambda x: x.shape, tree((1, 1, 1, 1)))
   assert jax.tree.map(lambda x: x.shape, tree((1, 1, 1, 0))) == full
   learn = tree((1, 1, 1, 'learn:0.01'))
   assert set(learn) - set(full) == {'skip_scale_stage4'}
   with pytest.raises(ValueError, match="skip_mode='scale'"):
-    models.build_model(ml_collections.ConfigDict(dict(
-        name='densenet121', num_classes=5, skip=(1, 1, 1, 'learn'), width=8, stem='small', dtype='float32',
-        skip_mode='truncate')))
+    models.build_model(
+        ml_collections.ConfigDict(
+            dict(
+                name='densenet121',
+                num_classes=5,
+                skip=(1, 1, 1, 'learn'),
+                width=8,
+                stem='small',
+                dtype='float32',
+                skip_mode='truncate',
+            )
+        )
+    )
 
 
 def test_densenet_removed_skip_cuts_the_block_input_off_later_layers():
   """Truncation with k = 0: only the first layer of the block sees the block input."""
-  model = densenet.DenseNet(growth_rate=4, block_config=(2, 3), num_init_features=8, num_classes=3,
-                            skip=(1, 0), stem='small')
+  model = densenet.DenseNet(
+      growth_rate=4, block_config=(2, 3), num_init_features=8, num_classes=3, skip=(1, 0), stem='small'
+  )
   variables = models.init_variables(model, (2, 8, 8, 3), jax.random.PRNGKey(0))
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
   grads = jax.jit(jax.grad(lambda p: model.apply({**variables, 'perturbations': p}, x).sum()))(
-      variables['perturbations'])
+      variables['perturbations']
+  )
   assert float(jnp.abs(grads['stage2_input']).max()) > 0  # reaches it through layer 1 only
   block = variables['params']['denseblock2']
   assert block['denselayer2']['conv1']['kernel'].shape[2] == 4 and block['denselayer3']['conv1']['kernel'].shape[2] == 4
@@ -181,16 +212,30 @@ def _randomise(tree, key, low, high):
 @pytest.mark.parametrize('skip', [(1, 1, 1, 1), (1, 0.5, 0, 1)])
 def test_repvgg_reparameterisation_keeps_outputs_and_input_gradients(dtype, tol, skip):
   """The paper's RepVGG point: the folded plain network gives an attacker the same function and gradients."""
-  make = functools.partial(repvgg.RepVGG, num_blocks=(1, 2, 2, 1), width_multiplier=(0.75, 2.5), num_classes=4,
-                           skip=skip, width=8, dtype=jnp.dtype(dtype))
+  make = functools.partial(
+      repvgg.RepVGG,
+      num_blocks=(1, 2, 2, 1),
+      width_multiplier=(0.75, 2.5),
+      num_classes=4,
+      skip=skip,
+      width=8,
+      dtype=jnp.dtype(dtype),
+  )
   with jax.enable_x64(dtype == 'float64'):
     train_model, deploy_model = make(), make(deploy=True)
     variables = models.init_variables(train_model, (1, 32, 32, 3), jax.random.PRNGKey(0))
     variables = {  # non-trivial BN statistics and affine parameters, as after training
         'params': _randomise(variables['params'], jax.random.PRNGKey(1), -0.5, 0.5),
-        'batch_stats': {k: {'mean': _randomise(v['mean'], jax.random.PRNGKey(2), -0.3, 0.3),
-                            'var': _randomise(v['var'], jax.random.PRNGKey(3), 0.5, 1.5)} if 'mean' in v else v
-                        for k, v in variables['batch_stats'].items()}}
+        'batch_stats': {
+            k: {
+                'mean': _randomise(v['mean'], jax.random.PRNGKey(2), -0.3, 0.3),
+                'var': _randomise(v['var'], jax.random.PRNGKey(3), 0.5, 1.5),
+            }
+            if 'mean' in v
+            else v
+            for k, v in variables['batch_stats'].items()
+        },
+    }
     if dtype == 'float64':
       variables = jax.tree.map(lambda x: x.astype(jnp.float64), variables)
     deploy_vars = repvgg.reparameterize(jax.device_get(variables), skip)
@@ -211,8 +256,17 @@ def test_repvgg_reparameterisation_keeps_outputs_and_input_gradients(dtype, tol,
 
 
 def test_mobilenet_refuses_skip_settings_on_groups_without_residual():
-  config = ml_collections.ConfigDict(dict(name='mobilenet_v2', num_classes=5, skip=(1, 1, 1, 1, 1, 1, 0), width=0,
-                                          stem='imagenet', dtype='float32', skip_mode='truncate'))
+  config = ml_collections.ConfigDict(
+      dict(
+          name='mobilenet_v2',
+          num_classes=5,
+          skip=(1, 1, 1, 1, 1, 1, 0),
+          width=0,
+          stem='imagenet',
+          dtype='float32',
+          skip_mode='truncate',
+      )
+  )
   with pytest.raises(ValueError, match=r'skip\[6\]=0: MobileNetV2 group 7 has no residual'):
     models.build_model(config)
 
@@ -221,22 +275,44 @@ def test_mobilenet_refuses_skip_settings_on_groups_without_residual():
 # compiling full-depth DenseNets/RepVGGs for every skip setting would take many minutes on CPU),
 # trained with full, removed-last-stage and SSF (fixed or learnable) skips.
 _FAMILIES = {
-    'resnet': (functools.partial(resnet.ResNet, stage_sizes=(1, 1, 1, 1), block_cls=resnet.BasicBlock, width=4,
-                                 stem='small'),
-               [(1, 1, 1, 1), (1, 1, 1, 0), (1, 1, 1, 'learn:0.2')]),
-    'densenet_truncate': (functools.partial(densenet.DenseNet, growth_rate=4, block_config=(2, 2, 2, 2),
-                                            num_init_features=8, stem='small'),
-                          [(1, 1, 1, 1), (1, 1, 1, 0), (1, 1, 1, 0.01)]),
-    'densenet_scale': (functools.partial(densenet.DenseNet, growth_rate=4, block_config=(2, 2, 2, 2),
-                                         num_init_features=8, stem='small', skip_mode='scale'),
-                       [(1, 1, 1, 0), (1, 1, 1, 'learn:0.01')]),
-    'repvgg': (functools.partial(repvgg.RepVGG, num_blocks=(1, 2, 2, 2), width_multiplier=(0.75, 2.5), width=4),
-               [(1, 1, 1, 1), (1, 1, 1, 0), (1, 1, 1, 0.2)]),
-    'mobilenet_v2': (functools.partial(mobilenet.MobileNetV2, width_mult=0.25, dropout=0.0,
-                                       block_setting=((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 1), (6, 64, 2, 2))),
-                     [(1, 1, 1, 1), (1, 1, 1, 0), (1, 1, 1, 'learn:0.2')]),
-    'convnext': (functools.partial(convnext.ConvNeXt, depths=(1, 1, 1, 2), dims=(4, 8, 16, 32)),
-                 [(1, 1, 1, 1), (1, 1, 1, 0), (1, 1, 1, 'learn:0.2')]),
+    'resnet': (
+        functools.partial(resnet.ResNet, stage_sizes=(1, 1, 1, 1), block_cls=resnet.BasicBlock, width=4, stem='small'),
+        [(1, 1, 1, 1), (1, 1, 1, 0), (1, 1, 1, 'learn:0.2')],
+    ),
+    'densenet_truncate': (
+        functools.partial(
+            densenet.DenseNet, growth_rate=4, block_config=(2, 2, 2, 2), num_init_features=8, stem='small'
+        ),
+        [(1, 1, 1, 1), (1, 1, 1, 0), (1, 1, 1, 0.01)],
+    ),
+    'densenet_scale': (
+        functools.partial(
+            densenet.DenseNet,
+            growth_rate=4,
+            block_config=(2, 2, 2, 2),
+            num_init_features=8,
+            stem='small',
+            skip_mode='scale',
+        ),
+        [(1, 1, 1, 0), (1, 1, 1, 'learn:0.01')],
+    ),
+    'repvgg': (
+        functools.partial(repvgg.RepVGG, num_blocks=(1, 2, 2, 2), width_multiplier=(0.75, 2.5), width=4),
+        [(1, 1, 1, 1), (1, 1, 1, 0), (1, 1, 1, 0.2)],
+    ),
+    'mobilenet_v2': (
+        functools.partial(
+            mobilenet.MobileNetV2,
+            width_mult=0.25,
+            dropout=0.0,
+            block_setting=((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 1), (6, 64, 2, 2)),
+        ),
+        [(1, 1, 1, 1), (1, 1, 1, 0), (1, 1, 1, 'learn:0.2')],
+    ),
+    'convnext': (
+        functools.partial(convnext.ConvNeXt, depths=(1, 1, 1, 2), dims=(4, 8, 16, 32)),
+        [(1, 1, 1, 1), (1, 1, 1, 0), (1, 1, 1, 'learn:0.2')],
+    ),
 }
 
 
@@ -245,6 +321,7 @@ _FAMILIES = {
 def test_every_family_trains_with_each_skip_setting(family):
   from mi_jax.train import sharding, state as state_lib, steps  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
   make, skips = _FAMILIES[family]
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(8, 32, 32, 1)).astype(np.float32), 'label': np.arange(8, dtype=np.int32) % 3}

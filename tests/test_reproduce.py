@@ -22,8 +22,9 @@ from mi_jax.metrics import evaluate, scores
 from mi_jax.train import checkpoint
 from mi_jax.stylegan import networks, save_generator
 
-GEN = networks.GeneratorConfig(z_dim=8, w_dim=8, img_resolution=16, img_channels=1, mapping_layers=2,
-                               channel_base=64, channel_max=8)
+GEN = networks.GeneratorConfig(
+    z_dim=8, w_dim=8, img_resolution=16, img_channels=1, mapping_layers=2, channel_base=64, channel_max=8
+)
 
 
 def tiny_study_config(root, tfds_dir):
@@ -38,8 +39,15 @@ def tiny_study_config(root, tfds_dir):
     section.model.width = 4
     section.train.batch_size = 32
   config.attacks.ppa.generator.dir = str(root / 'generator')
-  config.attacks.ppa.attack.update(search_space_size=24, num_candidates=2, batch_size=10, steps=2, truncation_cutoff=2,
-                                final_samples=2, final_iterations=2)
+  config.attacks.ppa.attack.update(
+      search_space_size=24,
+      num_candidates=2,
+      batch_size=10,
+      steps=2,
+      truncation_cutoff=2,
+      final_samples=2,
+      final_iterations=2,
+  )
   config.analysis.repvgg = ''
   return config
 
@@ -102,7 +110,11 @@ def test_paper_protocol_per_architecture_settings_and_required_files(tmp_path):
   config = paper.get_config()
   assert config.study.per_architecture.densenet121.batch_size == 64
   assert config.study.per_architecture.resnet101.batch_size == 128
-  assert (config.metrics.fid_quirk, config.metrics.antialias, config.attacks.ppa.attack.antialias) == (True, False, False)
+  assert (config.metrics.fid_quirk, config.metrics.antialias, config.attacks.ppa.attack.antialias) == (
+      True,
+      False,
+      False,
+  )
   assert config.study.checkpoint == 'best' and config.study.evaluation_model == 'import'
   config.study.architectures = ('resnet34', 'densenet121')
   config.study.defenses = ('none',)
@@ -113,7 +125,7 @@ def test_paper_protocol_per_architecture_settings_and_required_files(tmp_path):
   weights = tmp_path / 'resnet34.pth'
   weights.write_bytes(b'')
   config.study.per_architecture.resnet34.init_file = str(weights)
-  with pytest.raises(ValueError, match=r"config.evaluation_model.model.init_file=.*inception_v3_facescrub"):
+  with pytest.raises(ValueError, match=r'config.evaluation_model.model.init_file=.*inception_v3_facescrub'):
     jobs.validate_config(config)  # DenseNets train from scratch: only the evaluation model is missing now
   config.evaluation_model.model.init_file = str(weights)
   jobs.validate_config(config)
@@ -158,6 +170,7 @@ def _private_images(data_config, classes, per_class=4):
 
 def _metrics(**fields):
   from configs import evaluate as evaluate_config  # pylint: disable=g-import-not-at-top
+
   metrics = evaluate_config.metrics_section()
   metrics.update(fields)
   return metrics
@@ -201,8 +214,9 @@ def test_private_images_are_resized_once_from_the_originals(tiny_study):
   np.testing.assert_array_equal(pil, augment.normalize(augment.to_pil(original).resize((5, 5), PIL.Image.BILINEAR)))
   as_float = original[None].astype(np.float32) / 127.5 - 1
   for antialias in (True, False):
-    np.testing.assert_allclose(evaluate.resize_original(original, 5, antialias),
-                               transforms.resize(as_float, 5, antialias, xp=np)[0], atol=1e-6)
+    np.testing.assert_allclose(
+        evaluate.resize_original(original, 5, antialias), transforms.resize(as_float, 5, antialias, xp=np)[0], atol=1e-6
+    )
   assert np.abs(evaluate.resize_original(original, 5, True) - evaluate.resize_original(original, 5, False)).max() > 0.01
 
 
@@ -210,6 +224,7 @@ def test_private_images_are_resized_once_from_the_originals(tiny_study):
 def test_facenet_distance_of_private_images_is_zero(tiny_study, tmp_path):
   torch = pytest.importorskip('torch', reason='torch is not installed')
   from mi_jax.convert import torch_compat  # pylint: disable=g-import-not-at-top
+
   torch_compat.import_torchvision()
   irv1 = pytest.importorskip('facenet_pytorch.models.inception_resnet_v1', reason='facenet-pytorch is not installed')
   torch.manual_seed(0)
@@ -217,8 +232,13 @@ def test_facenet_distance_of_private_images_is_zero(tiny_study, tmp_path):
   _, workdir, _ = tiny_study
   data = json.load(open(os.path.join(workdir, 'resnet18', 'none', 'ppa', 'attack.json')))['target_config']['data']
   final = _private_images(data, (2,))  # FaceNet at 160px is slow on CPU
-  results, _ = evaluate.evaluate_images(final, None, data, os.path.join(workdir, 'evaluation_model'),
-                                        _metrics(facenet_file=str(tmp_path / 'facenet.pt'), batch_size=16))
+  results, _ = evaluate.evaluate_images(
+      final,
+      None,
+      data,
+      os.path.join(workdir, 'evaluation_model'),
+      _metrics(facenet_file=str(tmp_path / 'facenet.pt'), batch_size=16),
+  )
   assert 0 <= results['knn_dist_facenet'] < 1e-6 and results['knn_dist_eval'] < 1e-6
 
 
@@ -243,6 +263,7 @@ def test_study_config_errors_name_the_field(tmp_path, tfds_dir):
 
 def test_evaluate_job_checks_its_inputs_first(tmp_path):
   from configs import evaluate as evaluate_config  # pylint: disable=g-import-not-at-top
+
   config = evaluate_config.get_config()
   with pytest.raises(ValueError, match='config.evaluation.workdir'):
     jobs.validate_config(config)
@@ -257,6 +278,7 @@ def test_evaluate_job_checks_its_inputs_first(tmp_path):
 
 def test_eval_model_config_is_inception_v3_at_299():
   from configs import eval_model  # pylint: disable=g-import-not-at-top
+
   config = eval_model.get_config()
   jobs.validate_config(config)
   assert config.model.name == 'inception_v3' and config.data.image_size == 299

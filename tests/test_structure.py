@@ -11,7 +11,7 @@ PACKAGES = ('mi_jax',)  # mi_jax/stylegan links to third_party/stylegan_jax
 
 
 def _module_name(path: str) -> str:
-  rel = os.path.relpath(path, REPO_ROOT)[:-len('.py')].split(os.sep)
+  rel = os.path.relpath(path, REPO_ROOT)[: -len('.py')].split(os.sep)
   return '.'.join(rel[:-1] if rel[-1] == '__init__' else rel)
 
 
@@ -40,10 +40,12 @@ def import_graph() -> dict[str, set[str]]:
       if isinstance(node, ast.Import):
         targets = [alias.name for alias in node.names]
       elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-        targets = [f'{node.module}.{alias.name}' if f'{node.module}.{alias.name}' in modules else node.module
-                   for alias in node.names]
+        targets = [
+            f'{node.module}.{alias.name}' if f'{node.module}.{alias.name}' in modules else node.module
+            for alias in node.names
+        ]
       elif isinstance(node, ast.ImportFrom) and node.level:  # relative: resolve against this package
-        base = name.split('.')[:len(name.split('.')) - node.level + (1 if path.endswith('__init__.py') else 0)]
+        base = name.split('.')[: len(name.split('.')) - node.level + (1 if path.endswith('__init__.py') else 0)]
         module = '.'.join(base + ([node.module] if node.module else []))
         targets = [f'{module}.{alias.name}' if f'{module}.{alias.name}' in modules else module for alias in node.names]
       else:
@@ -97,11 +99,17 @@ def test_no_import_circles():
 
 def test_layers_depend_downward():
   graph = import_graph()
-  to_configs = {m: sorted(e for e in edges if e.startswith('configs')) for m, edges in graph.items()
-                if m.startswith(PACKAGES) and any(e.startswith('configs') for e in edges)}
+  to_configs = {
+      m: sorted(e for e in edges if e.startswith('configs'))
+      for m, edges in graph.items()
+      if m.startswith(PACKAGES) and any(e.startswith('configs') for e in edges)
+  }
   assert to_configs == {}, 'the library must not read config files'
-  metrics_to_attacks = {m: sorted(e for e in edges if e.startswith('mi_jax.attacks')) for m, edges in graph.items()
-                        if m.startswith('mi_jax.metrics') and any(e.startswith('mi_jax.attacks') for e in edges)}
+  metrics_to_attacks = {
+      m: sorted(e for e in edges if e.startswith('mi_jax.attacks'))
+      for m, edges in graph.items()
+      if m.startswith('mi_jax.metrics') and any(e.startswith('mi_jax.attacks') for e in edges)
+  }
   assert metrics_to_attacks == {}, 'metrics read attacks through mi_jax.attack_outputs only'
   # jobs.py reaches the job modules through JOBS (importlib), not by import statements.
   assert not any(e.startswith(('mi_jax.attacks', 'mi_jax.train', 'mi_jax.metrics')) for e in graph['mi_jax.jobs'])
@@ -109,8 +117,10 @@ def test_layers_depend_downward():
 
 def test_no_family_is_recognised_by_its_name():
   """Traits come from the registry (models.family_of), never from a model-name prefix."""
-  families = sorted({models.family_of(n).name for n in models.model_names()} |
-                    {re.match(r'[a-z]+', n).group(0) for n in models.model_names()})
+  families = sorted(
+      {models.family_of(n).name for n in models.model_names()}
+      | {re.match(r'[a-z]+', n).group(0) for n in models.model_names()}
+  )
   pattern = re.compile(r"""startswith\(\(?['"](%s)""" % '|'.join(families))
   offenders = []
   for root in ('mi_jax', 'configs'):
@@ -118,8 +128,9 @@ def test_no_family_is_recognised_by_its_name():
       for name in files:
         if name.endswith('.py'):
           path = os.path.join(directory, name)
-          offenders += [f'{os.path.relpath(path, REPO_ROOT)}:{i + 1}' for i, line in enumerate(open(path))
-                        if pattern.search(line)]
+          offenders += [
+              f'{os.path.relpath(path, REPO_ROOT)}:{i + 1}' for i, line in enumerate(open(path)) if pattern.search(line)
+          ]
   assert offenders == []
   assert pattern.search("name.startswith('densenet')") and pattern.search("x.startswith(('resnet', 'a'))")
 
@@ -129,8 +140,13 @@ def test_the_wheel_installs_only_mi_jax(tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   import zipfile  # pylint: disable=g-import-not-at-top
-  subprocess.run([sys.executable, '-m', 'pip', 'wheel', REPO_ROOT, '--no-deps', '--no-build-isolation', '-q', '-w',
-                  str(tmp_path)], check=True, cwd=tmp_path, capture_output=True)
+
+  subprocess.run(
+      [sys.executable, '-m', 'pip', 'wheel', REPO_ROOT, '--no-deps', '--no-build-isolation', '-q', '-w', str(tmp_path)],
+      check=True,
+      cwd=tmp_path,
+      capture_output=True,
+  )
   names = zipfile.ZipFile(next(tmp_path.glob('mi_jax-*.whl'))).namelist()
   assert {n.split('/')[0] for n in names if not n.split('/')[0].endswith('.dist-info')} == {'mi_jax'}
   assert 'mi_jax/stylegan/networks.py' in names and not any(n.startswith('third_party') for n in names)

@@ -16,6 +16,7 @@ FIR = ops.setup_filter([1, 3, 3, 1])
 
 # ------------------------------------------------------------------ independent references (numpy/scipy)
 
+
 def ref_upfirdn2d(x, f, up=1, down=1, padding=(0, 0, 0, 0), flip_filter=False, gain=1.0):
   """The documented semantics, literally: zero-insert after each pixel, pad/crop, convolve, keep every down-th."""
   x0, x1, y0, y1 = padding
@@ -23,7 +24,7 @@ def ref_upfirdn2d(x, f, up=1, down=1, padding=(0, 0, 0, 0), flip_filter=False, g
   up_x = np.zeros((n, h * up, w * up, c), x.dtype)
   up_x[:, ::up, ::up] = x
   up_x = np.pad(up_x, ((0, 0), (max(y0, 0), max(y1, 0)), (max(x0, 0), max(x1, 0)), (0, 0)))
-  up_x = up_x[:, max(-y0, 0):up_x.shape[1] - max(-y1, 0), max(-x0, 0):up_x.shape[2] - max(-x1, 0)]
+  up_x = up_x[:, max(-y0, 0) : up_x.shape[1] - max(-y1, 0), max(-x0, 0) : up_x.shape[2] - max(-x1, 0)]
   op = scipy.signal.correlate2d if flip_filter else scipy.signal.convolve2d
   out = np.stack([np.stack([op(up_x[i, :, :, j], f * gain, mode='valid') for j in range(c)], -1) for i in range(n)])
   return out[:, ::down, ::down]
@@ -44,12 +45,14 @@ def ref_modulated_conv(x, weight, styles, demodulate, up):
   for i in range(n):
     wi = weight * styles[i][None, None, :, None]
     if demodulate:
-      wi = wi / np.sqrt(np.sum(wi ** 2, axis=(0, 1, 2), keepdims=True) + 1e-8)
+      wi = wi / np.sqrt(np.sum(wi**2, axis=(0, 1, 2), keepdims=True) + 1e-8)
     channels = []
     for o in range(weight.shape[3]):
       if up == 1:  # correlation with padding k//2, as torch conv2d
-        acc = sum(scipy.signal.correlate2d(np.pad(x[i, :, :, c], kh // 2), wi[:, :, c, o], mode='valid')
-                  for c in range(x.shape[3]))
+        acc = sum(
+            scipy.signal.correlate2d(np.pad(x[i, :, :, c], kh // 2), wi[:, :, c, o], mode='valid')
+            for c in range(x.shape[3])
+        )
       else:  # transposed conv stride 2 = full true convolution of the zero-upsampled input
         zeros = np.zeros((2 * h - 1, 2 * w - 1))
         acc = 0
@@ -66,19 +69,23 @@ def ref_modulated_conv(x, weight, styles, demodulate, up):
 
 # ------------------------------------------------------------------ ops
 
+
 def test_setup_filter_is_normalised_outer_product():
   np.testing.assert_allclose(FIR, np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64.0)
   assert ops.setup_filter([1, 2, 1], gain=4).sum() == pytest.approx(4)
 
 
-@pytest.mark.parametrize('up,down,padding,flip,separable', [
-    (1, 1, (0, 0, 0, 0), False, True),
-    (2, 1, (2, 1, 2, 1), False, True),
-    (1, 2, (1, 1, 1, 1), False, False),
-    (2, 2, (-1, 2, 0, -2), True, False),
-    (3, 1, (-2, -1, 1, 0), False, True),
-    (1, 3, (3, 0, 1, 2), True, True),
-])
+@pytest.mark.parametrize(
+    'up,down,padding,flip,separable',
+    [
+        (1, 1, (0, 0, 0, 0), False, True),
+        (2, 1, (2, 1, 2, 1), False, True),
+        (1, 2, (1, 1, 1, 1), False, False),
+        (2, 2, (-1, 2, 0, -2), True, False),
+        (3, 1, (-2, -1, 1, 0), False, True),
+        (1, 3, (3, 0, 1, 2), True, True),
+    ],
+)
 def test_upfirdn2d_matches_reference(up, down, padding, flip, separable):
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, 7, 9, 3))
@@ -90,7 +97,7 @@ def test_upfirdn2d_matches_reference(up, down, padding, flip, separable):
 
 def test_upsample2d_and_downsample2d_match_scipy_upfirdn():
   x = np.random.default_rng(1).standard_normal((2, 6, 8, 3))
-  taps = np.array([1., 3., 3., 1.]) / 8.0
+  taps = np.array([1.0, 3.0, 3.0, 1.0]) / 8.0
   with jax.enable_x64(True):
     up = np.asarray(ops.upsample2d(jnp.asarray(x), FIR.astype(np.float64)))
     down = np.asarray(ops.downsample2d(jnp.asarray(x), FIR.astype(np.float64)))
@@ -111,8 +118,9 @@ def test_bias_act_order_gain_and_clamp():
   lrelu = np.where(y >= 0, y, 0.2 * y) * np.sqrt(2)
   with jax.enable_x64(True):
     np.testing.assert_allclose(ops.bias_act(jnp.asarray(x), jnp.asarray(b), 'lrelu'), lrelu, rtol=1e-12)
-    np.testing.assert_allclose(ops.bias_act(jnp.asarray(x), jnp.asarray(b), 'lrelu', clamp=1.5),
-                               np.clip(lrelu, -1.5, 1.5), rtol=1e-12)
+    np.testing.assert_allclose(
+        ops.bias_act(jnp.asarray(x), jnp.asarray(b), 'lrelu', clamp=1.5), np.clip(lrelu, -1.5, 1.5), rtol=1e-12
+    )
     np.testing.assert_allclose(ops.bias_act(jnp.asarray(x), jnp.asarray(b), 'linear', gain=0.5), y * 0.5, rtol=1e-12)
   with pytest.raises(ValueError, match='unknown activation'):
     ops.bias_act(jnp.asarray(x), act='gelu')
@@ -125,8 +133,17 @@ def test_modulated_conv_matches_per_sample_convolution(up, demodulate):
   weight = rng.standard_normal((3, 3, 3, 4))
   styles = rng.standard_normal((2, 3)) + 1.0
   with jax.enable_x64(True):
-    got = np.asarray(ops.modulated_conv2d(jnp.asarray(x), jnp.asarray(weight), jnp.asarray(styles), up=up,
-                                          padding=1, resample_filter=FIR.astype(np.float64), demodulate=demodulate))
+    got = np.asarray(
+        ops.modulated_conv2d(
+            jnp.asarray(x),
+            jnp.asarray(weight),
+            jnp.asarray(styles),
+            up=up,
+            padding=1,
+            resample_filter=FIR.astype(np.float64),
+            demodulate=demodulate,
+        )
+    )
   ref = ref_modulated_conv(x, weight, styles, demodulate, up)
   assert got.shape == ref.shape == (2, 5 * up, 6 * up, 4)
   np.testing.assert_allclose(got, ref, atol=1e-10)
@@ -134,8 +151,9 @@ def test_modulated_conv_matches_per_sample_convolution(up, demodulate):
 
 # ------------------------------------------------------------------ generator
 
-TINY = networks.GeneratorConfig(z_dim=8, w_dim=8, img_resolution=16, img_channels=3, mapping_layers=2,
-                                channel_base=64, channel_max=8)
+TINY = networks.GeneratorConfig(
+    z_dim=8, w_dim=8, img_resolution=16, img_channels=3, mapping_layers=2, channel_base=64, channel_max=8
+)
 
 
 @pytest.fixture(scope='module')
@@ -156,7 +174,7 @@ def test_variable_names_follow_the_reference_state_dict(tiny_generator):
   flat = {'/'.join(k): v.shape for k, v in flax.traverse_util.flatten_dict(variables).items()}
   assert flat['params/mapping/fc0/kernel'] == (8, 8)
   assert flat['params/synthesis/b4/const'] == (4, 4, 8)
-  assert flat['params/synthesis/b16/conv0/kernel'] == (3, 3, 8, 4)   # 64 // 16 = 4 channels at 16x16
+  assert flat['params/synthesis/b16/conv0/kernel'] == (3, 3, 8, 4)  # 64 // 16 = 4 channels at 16x16
   assert flat['params/synthesis/b16/conv0/affine/kernel'] == (8, 8)
   assert flat['params/synthesis/b16/torgb/kernel'] == (1, 1, 4, 3)
   assert flat['params/synthesis/b8/conv1/noise_strength'] == ()
@@ -181,8 +199,16 @@ def test_ws_indexing_torgb_shares_the_next_conv0_w(tiny_generator):
 
   with nn.intercept_methods(record):
     G.apply(variables, ws, method=G.synthesize)
-  assert received == {'b4.conv1': [0], 'b4.torgb': [1], 'b8.conv0': [1], 'b8.conv1': [2], 'b8.torgb': [3],
-                      'b16.conv0': [3], 'b16.conv1': [4], 'b16.torgb': [5]}
+  assert received == {
+      'b4.conv1': [0],
+      'b4.torgb': [1],
+      'b8.conv0': [1],
+      'b8.conv1': [2],
+      'b8.torgb': [3],
+      'b16.conv0': [3],
+      'b16.conv1': [4],
+      'b16.torgb': [5],
+  }
 
 
 @pytest.mark.slow
@@ -198,12 +224,14 @@ def test_noise_modes(tiny_generator):
   np.testing.assert_allclose(const1[0], const1[1], atol=1e-6)  # const noise is the same for every sample
   assert float(jnp.abs(const1 - none).max()) > 1e-3
   assert float(jnp.abs(rand1 - rand2).max()) > 1e-3
-  assert float(jnp.abs(rand1[0] - rand1[1]).max()) > 1e-3   # random noise differs per sample
+  assert float(jnp.abs(rand1[0] - rand1[1]).max()) > 1e-3  # random noise differs per sample
   # With every noise strength zero, all three modes agree.
   zero = jax.tree_util.tree_map_with_path(
-      lambda p, v: jnp.zeros_like(v) if p[-1].key == 'noise_strength' else v, variables)
-  np.testing.assert_allclose(G.apply(zero, ws, 'const', method=G.synthesize),
-                             G.apply(zero, ws, 'none', method=G.synthesize), atol=1e-6)
+      lambda p, v: jnp.zeros_like(v) if p[-1].key == 'noise_strength' else v, variables
+  )
+  np.testing.assert_allclose(
+      G.apply(zero, ws, 'const', method=G.synthesize), G.apply(zero, ws, 'none', method=G.synthesize), atol=1e-6
+  )
   with pytest.raises(ValueError, match='noise_mode'):
     G.apply(variables, ws, 'fixed', method=G.synthesize)
 
@@ -239,8 +267,11 @@ def test_w_avg_tracks_the_batch_mean_only_when_asked(tiny_generator):
 def test_single_w_is_broadcast_to_every_layer(tiny_generator):
   G, variables = tiny_generator
   w = jnp.asarray(np.random.default_rng(7).standard_normal((2, 1, TINY.w_dim)), jnp.float32)
-  np.testing.assert_allclose(G.apply(variables, w, method=G.synthesize),
-                             G.apply(variables, jnp.repeat(w, TINY.num_ws, axis=1), method=G.synthesize), atol=1e-6)
+  np.testing.assert_allclose(
+      G.apply(variables, w, method=G.synthesize),
+      G.apply(variables, jnp.repeat(w, TINY.num_ws, axis=1), method=G.synthesize),
+      atol=1e-6,
+  )
   with pytest.raises(ValueError, match='ws has shape'):
     G.apply(variables, jnp.zeros((2, 3, TINY.w_dim)), method=G.synthesize)
 

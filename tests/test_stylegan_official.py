@@ -20,15 +20,29 @@ import numpy as np
 import pytest
 
 OFFICIAL = os.environ.get('STYLEGAN2_ADA_PYTORCH', '')
-pytestmark = pytest.mark.skipif(not os.path.isdir(os.path.join(OFFICIAL, 'training')),
-                                reason='set STYLEGAN2_ADA_PYTORCH to a checkout of NVlabs/stylegan2-ada-pytorch')
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(OFFICIAL, 'training')),
+    reason='set STYLEGAN2_ADA_PYTORCH to a checkout of NVlabs/stylegan2-ada-pytorch',
+)
 
-SMALL = dict(z_dim=64, c_dim=0, w_dim=64, img_resolution=32, img_channels=3,
-             mapping_kwargs=dict(num_layers=2),
-             synthesis_kwargs=dict(channel_base=2048, channel_max=128, num_fp16_res=2, conv_clamp=256))
-FFHQ = dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=1024, img_channels=3,
-            mapping_kwargs=dict(num_layers=8),
-            synthesis_kwargs=dict(channel_base=32768, channel_max=512, num_fp16_res=0, conv_clamp=None))
+SMALL = dict(
+    z_dim=64,
+    c_dim=0,
+    w_dim=64,
+    img_resolution=32,
+    img_channels=3,
+    mapping_kwargs=dict(num_layers=2),
+    synthesis_kwargs=dict(channel_base=2048, channel_max=128, num_fp16_res=2, conv_clamp=256),
+)
+FFHQ = dict(
+    z_dim=512,
+    c_dim=0,
+    w_dim=512,
+    img_resolution=1024,
+    img_channels=3,
+    mapping_kwargs=dict(num_layers=8),
+    synthesis_kwargs=dict(channel_base=32768, channel_max=512, num_fp16_res=0, conv_clamp=None),
+)
 
 
 def official_generator_pickle(path, kwargs):
@@ -52,8 +66,16 @@ def official_generator_pickle(path, kwargs):
         p.add_(torch.randn_like(p) * 0.2)
     G.mapping.w_avg.copy_(torch.randn_like(G.mapping.w_avg))
   with open(path, 'wb') as f:  # as training_loop.py writes snapshots
-    pickle.dump(dict(G=copy.deepcopy(G), D=None, G_ema=copy.deepcopy(G), augment_pipe=None,
-                     training_set_kwargs=dnnlib.EasyDict(path='dataset.zip')), f)
+    pickle.dump(
+        dict(
+            G=copy.deepcopy(G),
+            D=None,
+            G_ema=copy.deepcopy(G),
+            augment_pipe=None,
+            training_set_kwargs=dnnlib.EasyDict(path='dataset.zip'),
+        ),
+        f,
+    )
   return G
 
 
@@ -63,6 +85,7 @@ def test_matches_official_generator(tmp_path, name):
     pytest.skip('set STYLEGAN2_ADA_FFHQ=1 for the 1024x1024 config')
   import torch  # pylint: disable=g-import-not-at-top
   from mi_jax.stylegan import checkpoint, networks, nvidia_pickle  # pylint: disable=g-import-not-at-top
+
   path = str(tmp_path / f'{name}.pkl')
   G_torch = official_generator_pickle(path, SMALL if name == 'small' else FFHQ)
   nvidia_pickle.import_pickle(path, str(tmp_path / 'generator'))

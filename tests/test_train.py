@@ -26,8 +26,9 @@ def _state_and_batch(config, batch_size=16):
   source = sources.get_source(builder, 'train')
   batch = next(iter(pipeline.train_dataset(source, config.data, batch_size, 1, seed=0)))
   lr_fn = optim.create_learning_rate_fn(config.optim, steps_per_epoch=10)
-  state = state_lib.create_train_state(models.build_model(config.model), optim.create_optimizer(config.optim, lr_fn),
-                                       batch['image'][:1].shape, seed=0)
+  state = state_lib.create_train_state(
+      models.build_model(config.model), optim.create_optimizer(config.optim, lr_fn), batch['image'][:1].shape, seed=0
+  )
   return state, batch, lr_fn
 
 
@@ -74,8 +75,9 @@ def test_eval_step_counts(tiny_config):
   mesh = sharding.make_mesh(1)
   _, eval_step = steps.compile_steps(mesh, lr_fn)
   mask = np.array([1.0] * 10 + [0.0] * 6, np.float32)
-  sums = jax.device_get(eval_step(jax.device_put(state, sharding.replicated(mesh)),
-                                  sharding.shard_batch({**batch, 'mask': mask}, mesh)))
+  sums = jax.device_get(
+      eval_step(jax.device_put(state, sharding.replicated(mesh)), sharding.shard_batch({**batch, 'mask': mask}, mesh))
+  )
   logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, batch['image'])
   top1 = (np.argmax(logits, -1) == batch['label'])[:10].sum()
   assert sums['count'] == 10 and sums['top1'] == top1 and top1 <= sums['top5'] <= 10
@@ -111,6 +113,7 @@ def _final_params(workdir):
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory, tfds_dir):
   from configs import baseline  # pylint: disable=g-import-not-at-top
+
   config = baseline.get_config('tiny,epochs=2')
   config.data.data_dir, config.num_devices = tfds_dir, 1
   workdir = str(tmp_path_factory.mktemp('uninterrupted'))
@@ -150,6 +153,7 @@ def _stop_at(step_to_stop):
   def on_step(step):
     if step == step_to_stop:
       raise _Interrupt
+
   return on_step
 
 
@@ -166,10 +170,12 @@ def test_resume_after_interruption_matches_uninterrupted(uninterrupted, tmp_path
   assert step == ref_step == 50
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
   # The killed run's rows after its checkpoint (step 30) were dropped: the table reads as one run.
   def logged_steps(d):
     with open(os.path.join(d, 'metrics.csv'), newline='') as f:
       return [int(r['step']) for r in csv.DictReader(f)]
+
   assert logged_steps(workdir) == logged_steps(reference_dir) == [10, 20, 25, 25, 30, 40, 50, 50]
 
 
@@ -200,8 +206,14 @@ def test_data_class_count_mismatch(tiny_config, tmp_path):
 def test_killed_launch_resumes_from_checkpoint(tmp_path, tfds_dir):
   """SIGKILL the real command line mid-run; the same command continues from the last checkpoint."""
   workdir = tmp_path / 'killed'
-  command = [sys.executable, 'launch.py', '--config=configs/baseline.py:tiny,epochs=12', f'--workdir={workdir}',
-             f'--config.data.data_dir={tfds_dir}', '--config.num_devices=1']
+  command = [
+      sys.executable,
+      'launch.py',
+      '--config=configs/baseline.py:tiny,epochs=12',
+      f'--workdir={workdir}',
+      f'--config.data.data_dir={tfds_dir}',
+      '--config.num_devices=1',
+  ]
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   first_checkpoint = workdir / 'checkpoints' / '25' / 'state'

@@ -42,7 +42,16 @@ def randomised(net, seed):
 
 
 def model_config(name, num_classes, **kw):
-  config = dict(name=name, num_classes=num_classes, skip=(1, 1, 1, 1), width=0, stem='imagenet',
-                dtype='float32', skip_mode='truncate', init_file='', init_reinit=())
+  config = dict(
+      name=name,
+      num_classes=num_classes,
+      skip=(1, 1, 1, 1),
+      width=0,
+      stem='imagenet',
+      dtype='float32',
+      skip_mode='truncate',
+      init_file='',
+      init_reinit=(),
+  )
   config.update(kw)
   return ml_collections.ConfigDict(config)

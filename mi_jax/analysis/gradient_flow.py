@@ -19,7 +19,7 @@ def stage_gradient_norms(attack_workdir: str) -> dict[str, float]:
   for batch in attack_outputs.batch_logs(attack_workdir):
     for key, values in batch.items():
       if key.startswith(attack_outputs.GRAD_NORM_PREFIX):
-        sums.setdefault(key[len(attack_outputs.GRAD_NORM_PREFIX):], []).append(np.mean(values))
+        sums.setdefault(key[len(attack_outputs.GRAD_NORM_PREFIX) :], []).append(np.mean(values))
   # 'perturbations/stage3_input' or 'stage3_input' -> ordered by stage number
   names = sorted(sums, key=lambda n: int(''.join(ch for ch in n.split('/')[-1] if ch.isdigit()) or 0))
   return {name.split('/')[-1]: float(np.mean(sums[name])) for name in names}
@@ -29,6 +29,11 @@ def plot_gradient_flow(path: str, architecture: str, norms_by_defense: dict[str,
   """Bars per stage input, one series per defense (log scale)."""
   stages = list(next(iter(norms_by_defense.values())))
   series = {d: [norms.get(s, np.nan) for s in stages] for d, norms in norms_by_defense.items()}
-  return plots.grouped_bars(path, [s.replace('_input', '') for s in stages], series,
-                            f'{architecture}: gradient reaching each stage during inversion',
-                            'mean ||dL/dz|| at stage input', log_scale=True)
+  return plots.grouped_bars(
+      path,
+      [s.replace('_input', '') for s in stages],
+      series,
+      f'{architecture}: gradient reaching each stage during inversion',
+      'mean ||dL/dz|| at stage input',
+      log_scale=True,
+  )

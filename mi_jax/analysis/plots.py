@@ -9,8 +9,15 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def grouped_bars(path: str, groups: list[str], series: dict[str, list[float]], title: str, ylabel: str,
-                 log_scale: bool = False, note: str = ''):
+def grouped_bars(
+    path: str,
+    groups: list[str],
+    series: dict[str, list[float]],
+    title: str,
+    ylabel: str,
+    log_scale: bool = False,
+    note: str = '',
+):
   """One group of bars per entry of `groups`, one bar per series (NaN bars are left out)."""
   fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(1, len(series)) / 3), 3.6), dpi=120)
   width = 0.8 / max(1, len(series))

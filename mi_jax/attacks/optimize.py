@@ -25,19 +25,19 @@ from mi_jax.data import transforms
 
 @dataclasses.dataclass(frozen=True)
 class OptimizeSettings:
-  steps: int = 50                          # Adam steps per batch (PPA's num_epochs).
+  steps: int = 50  # Adam steps per batch (PPA's num_epochs).
   lr: float = 0.005
   betas: tuple[float, float] = (0.1, 0.1)
-  lr_milestones: tuple[int, ...] = ()      # Steps at which lr *= lr_gamma (PPA: none for FaceScrub).
+  lr_milestones: tuple[int, ...] = ()  # Steps at which lr *= lr_gamma (PPA: none for FaceScrub).
   lr_gamma: float = 0.1
   poincare_xi: float = 1e-4
-  center_crop: int = 800                   # Of the generator image before resizing; 0 = none.
-  input_size: int = 224                    # The target's input size.
+  center_crop: int = 800  # Of the generator image before resizing; 0 = none.
+  input_size: int = 224  # The target's input size.
   rrc_scale: tuple[float, float] = (0.9, 1.0)
   rrc_ratio: tuple[float, float] = (1.0, 1.0)
-  antialias: bool = True                   # Antialiased resizes (upstream PPA); the RoLSS code ran without.
-  clip: bool = False                       # Clip images to [-1, 1] before the target (PPA: off).
-  remat: bool = False                      # Recompute the generator in the backward pass (saves memory).
+  antialias: bool = True  # Antialiased resizes (upstream PPA); the RoLSS code ran without.
+  clip: bool = False  # Clip images to [-1, 1] before the target (PPA: off).
+  remat: bool = False  # Recompute the generator in the backward pass (saves memory).
 
 
 def make_optimizer(settings: OptimizeSettings) -> optax.GradientTransformation:
@@ -45,10 +45,12 @@ def make_optimizer(settings: OptimizeSettings) -> optax.GradientTransformation:
   return optax.adam(schedule, b1=settings.betas[0], b2=settings.betas[1], eps=1e-8)
 
 
-def make_optimize_fn(synthesize: Callable[[jax.Array], jax.Array],
-                     classify: Callable[[jax.Array, dict], jax.Array],
-                     perturbations_like: Callable[[int], dict],
-                     settings: OptimizeSettings):
+def make_optimize_fn(
+    synthesize: Callable[[jax.Array], jax.Array],
+    classify: Callable[[jax.Array, dict], jax.Array],
+    perturbations_like: Callable[[int], dict],
+    settings: OptimizeSettings,
+):
   """Returns optimize(w0 [B, w_dim], targets [B], valid [B], key) -> (w [B, w_dim], log).
 
   `synthesize(w)` maps [B, w_dim] to images in [-1, 1]; `classify(x, perturbations)`
@@ -68,8 +70,9 @@ def make_optimize_fn(synthesize: Callable[[jax.Array], jax.Array],
     if settings.clip:
       images = jnp.clip(images, -1.0, 1.0)
     x = transforms.generator_to_classifier(images, settings.center_crop, settings.input_size, settings.antialias)
-    x = transforms.random_resized_crop(key, x, settings.input_size, settings.rrc_scale, settings.rrc_ratio,
-                                       settings.antialias)
+    x = transforms.random_resized_crop(
+        key, x, settings.input_size, settings.rrc_scale, settings.rrc_ratio, settings.antialias
+    )
     logits = classify(x, perturbations)
     return losses.poincare_loss(logits.astype(jnp.float32), targets, settings.poincare_xi)
 
@@ -89,14 +92,21 @@ def make_optimize_fn(synthesize: Callable[[jax.Array], jax.Array],
       updates, opt_state = tx.update(w_grad, opt_state, w)
       finite = jnp.isfinite(loss_sum) & jnp.all(jnp.isfinite(w_grad))
       w = jnp.where(finite, optax.apply_updates(w, updates), w)  # a non-finite step leaves w as it was
-      norms = {'/'.join(path): mean_over_valid(jnp.sqrt(jnp.sum(jnp.square(g.reshape(batch, -1)), axis=1)))
-               for path, g in flax.traverse_util.flatten_dict(stage_grads).items()}
+      norms = {
+          '/'.join(path): mean_over_valid(jnp.sqrt(jnp.sum(jnp.square(g.reshape(batch, -1)), axis=1)))
+          for path, g in flax.traverse_util.flatten_dict(stage_grads).items()
+      }
       magnitude = jnp.abs(w_grad)
       elements = count * w_grad.shape[1]
       abs_mean = jnp.sum(magnitude * weight[:, None]) / elements
       abs_std = jnp.sqrt(jnp.sum(jnp.square(magnitude - abs_mean) * weight[:, None]) / (elements - 1))
-      return (w, opt_state), {'loss': loss_sum / count, 'stage_grad_norm': norms, 'finite': finite,
-                              'w_grad_abs_mean': abs_mean, 'w_grad_abs_std': abs_std}
+      return (w, opt_state), {
+          'loss': loss_sum / count,
+          'stage_grad_norm': norms,
+          'finite': finite,
+          'w_grad_abs_mean': abs_mean,
+          'w_grad_abs_std': abs_std,
+      }
 
     keys = jax.random.split(key, settings.steps)
     (w, _), log = jax.lax.scan(step, (w0, tx.init(w0)), keys)

@@ -38,7 +38,6 @@ from mi_jax.train import checkpoint, reporting, sharding
 from mi_jax.stylegan import checkpoint as generator_io
 from mi_jax.stylegan import networks
 
-
 OVERVIEW_CLASSES, OVERVIEW_PER_CLASS = 16, 8  # final_grid.png
 
 
@@ -48,50 +47,84 @@ class AttackError(ValueError):
 
 # ---------------------------------------------------------------------------- inputs
 
+
 def load_classifier(workdir: str, which: str, field: str):
   """checkpoint.load_classifier for the run config.<field>.workdir names, with errors naming the field."""
   try:
     return checkpoint.load_classifier(os.path.expanduser(workdir), which)
   except (FileNotFoundError, checkpoint.CheckpointError) as e:
-    raise AttackError(f'config.{field}.workdir={workdir!r}, checkpoint {which!r}: {e} (for TTS name its stage2/ '
-                      'directory)') from None
+    raise AttackError(
+        f'config.{field}.workdir={workdir!r}, checkpoint {which!r}: {e} (for TTS name its stage2/ ' 'directory)'
+    ) from None
 
 
 def check_compatible(model, variables, saved: dict, gen_config: networks.GeneratorConfig, settings, classes):
   """Fails before any work if generator, target and settings do not fit together."""
   size, channels = saved['data']['image_size'], gen_config.img_channels
   if settings.center_crop > gen_config.img_resolution:
-    raise AttackError(f'config.attack.center_crop={settings.center_crop} exceeds the generator\'s '
-                      f'{gen_config.img_resolution}px images (0 = no crop)')
+    raise AttackError(
+        f"config.attack.center_crop={settings.center_crop} exceeds the generator's "
+        f'{gen_config.img_resolution}px images (0 = no crop)'
+    )
   try:
     jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, size, size, channels)), train=False), variables)
   except Exception as e:  # pylint: disable=broad-except
-    raise AttackError(f'the target ({saved["model"]["name"]}, {size}px) does not take the generator\'s '
-                      f'{channels}-channel images: {str(e)[:300]}') from None
+    raise AttackError(
+        f'the target ({saved["model"]["name"]}, {size}px) does not take the generator\'s '
+        f'{channels}-channel images: {str(e)[:300]}'
+    ) from None
   num_classes = saved['model']['num_classes']
   bad = [c for c in classes if not 0 <= c < num_classes]
   if bad:
-    raise AttackError(f'config.attack.classes has {bad}, outside the target\'s {num_classes} classes')
+    raise AttackError(f"config.attack.classes has {bad}, outside the target's {num_classes} classes")
 
 
 def validate_config(config: ml_collections.ConfigDict):
   """Fails early, naming the field, before anything is loaded."""
   check = functools.partial(config_checks.check_field, error=AttackError)
   a = config.attack
-  check(bool(config.target.workdir) and os.path.isdir(os.path.expanduser(config.target.workdir)), 'target.workdir',
-        config.target.workdir, 'not a directory (the workdir of a train job)')
+  check(
+      bool(config.target.workdir) and os.path.isdir(os.path.expanduser(config.target.workdir)),
+      'target.workdir',
+      config.target.workdir,
+      'not a directory (the workdir of a train job)',
+  )
   gen_dir = os.path.expanduser(config.generator.dir)
-  check(bool(config.generator.dir) and os.path.isfile(os.path.join(gen_dir, generator_io.CONFIG_FILE)),
-        'generator.dir', config.generator.dir, f'not a generator directory (no {generator_io.CONFIG_FILE})')
-  config_checks.check_positive_ints(config, [f'attack.{field}' for field in ('search_space_size', 'num_candidates', 'batch_size',
-                                                                     'steps', 'final_samples', 'final_iterations')],
-                           error=AttackError)
+  check(
+      bool(config.generator.dir) and os.path.isfile(os.path.join(gen_dir, generator_io.CONFIG_FILE)),
+      'generator.dir',
+      config.generator.dir,
+      f'not a generator directory (no {generator_io.CONFIG_FILE})',
+  )
+  config_checks.check_positive_ints(
+      config,
+      [
+          f'attack.{field}'
+          for field in (
+              'search_space_size',
+              'num_candidates',
+              'batch_size',
+              'steps',
+              'final_samples',
+              'final_iterations',
+          )
+      ],
+      error=AttackError,
+  )
   for field in ('target.checkpoint', 'evaluation.checkpoint'):
     config_checks.check_checkpoint_choice(config, field, AttackError)
-  check(a.num_candidates <= a.search_space_size, 'attack.num_candidates', a.num_candidates,
-        f'expected <= attack.search_space_size ({a.search_space_size})')
-  check(a.final_samples <= a.num_candidates, 'attack.final_samples', a.final_samples,
-        f'expected <= attack.num_candidates ({a.num_candidates})')
+  check(
+      a.num_candidates <= a.search_space_size,
+      'attack.num_candidates',
+      a.num_candidates,
+      f'expected <= attack.search_space_size ({a.search_space_size})',
+  )
+  check(
+      a.final_samples <= a.num_candidates,
+      'attack.final_samples',
+      a.final_samples,
+      f'expected <= attack.num_candidates ({a.num_candidates})',
+  )
   check(a.lr > 0, 'attack.lr', a.lr, 'expected > 0')
   for field in ('rrc_scale', 'final_rrc_scale'):
     config_checks.check_range(config, f'attack.{field}', error=AttackError)
@@ -99,17 +132,30 @@ def validate_config(config: ml_collections.ConfigDict):
 
 def settings_from(config: ml_collections.ConfigDict, input_size: int) -> optimize.OptimizeSettings:
   a = config.attack
-  return optimize.OptimizeSettings(steps=a.steps, lr=a.lr, betas=tuple(a.betas), lr_milestones=tuple(a.lr_milestones),
-                                   lr_gamma=a.lr_gamma, poincare_xi=a.poincare_xi, center_crop=a.center_crop,
-                                   input_size=input_size, rrc_scale=tuple(a.rrc_scale), rrc_ratio=tuple(a.rrc_ratio),
-                                   antialias=a.antialias, clip=a.clip, remat=a.remat)
+  return optimize.OptimizeSettings(
+      steps=a.steps,
+      lr=a.lr,
+      betas=tuple(a.betas),
+      lr_milestones=tuple(a.lr_milestones),
+      lr_gamma=a.lr_gamma,
+      poincare_xi=a.poincare_xi,
+      center_crop=a.center_crop,
+      input_size=input_size,
+      rrc_scale=tuple(a.rrc_scale),
+      rrc_ratio=tuple(a.rrc_ratio),
+      antialias=a.antialias,
+      clip=a.clip,
+      remat=a.remat,
+  )
 
 
 # ---------------------------------------------------------------------------- the job
 
+
 @dataclasses.dataclass
 class _Attack:
   """What the three stages share: the config, the jitted pieces, the device layout."""
+
   config: ml_collections.ConfigDict
   workdir: str
   settings: optimize.OptimizeSettings
@@ -120,8 +166,8 @@ class _Attack:
   target_vars: dict
   classes: list
   mesh: object
-  batch_size: int                          # global: per-device batch x devices
-  evaluation_logits: Callable | None       # generator images -> the evaluation model's logits
+  batch_size: int  # global: per-device batch x devices
+  evaluation_logits: Callable | None  # generator images -> the evaluation model's logits
 
   @property
   def a(self):
@@ -135,8 +181,9 @@ class _Attack:
     return self.model.apply(variables, x, train=False)
 
   def frame(self, images):  # generator images -> the target's input
-    return transforms.generator_to_classifier(images, self.settings.center_crop, self.settings.input_size,
-                                              self.settings.antialias)
+    return transforms.generator_to_classifier(
+        images, self.settings.center_crop, self.settings.input_size, self.settings.antialias
+    )
 
   def put(self, array):  # a global batch, split over the devices
     return jax.device_put(array, sharding.data_sharded(self.mesh))
@@ -144,10 +191,16 @@ class _Attack:
 
 def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
   a = config.attack
-  model, target_vars, saved, target_step, target_metrics = load_classifier(config.target.workdir,
-                                                                           config.target.checkpoint, 'target')
-  logging.info('Attacking %s at step %d (%s checkpoint; test accuracy %s)', config.target.workdir, target_step,
-               config.target.checkpoint, target_metrics.get('test_accuracy'))
+  model, target_vars, saved, target_step, target_metrics = load_classifier(
+      config.target.workdir, config.target.checkpoint, 'target'
+  )
+  logging.info(
+      'Attacking %s at step %d (%s checkpoint; test accuracy %s)',
+      config.target.workdir,
+      target_step,
+      config.target.checkpoint,
+      target_metrics.get('test_accuracy'),
+  )
   gen_config, gen_vars, _ = generator_io.load_generator(config.generator.dir)
   settings = settings_from(config, saved['data']['image_size'])
   classes = [int(c) for c in a.classes] or list(range(saved['model']['num_classes']))
@@ -158,28 +211,50 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch_size = a.batch_size * mesh.devices.size
   _check_same_attack(workdir, config, batch_size)
   replicated = sharding.replicated(mesh)
-  attack = _Attack(config, workdir, settings, gen_config, networks.Generator(gen_config),
-                   jax.device_put(gen_vars, replicated), model, jax.device_put(target_vars, replicated), classes,
-                   mesh, batch_size, evaluation_logits)
+  attack = _Attack(
+      config,
+      workdir,
+      settings,
+      gen_config,
+      networks.Generator(gen_config),
+      jax.device_put(gen_vars, replicated),
+      model,
+      jax.device_put(target_vars, replicated),
+      classes,
+      mesh,
+      batch_size,
+      evaluation_logits,
+  )
 
   cand_w, cand_classes = select_candidates(attack)
   final_w, logs = optimize_candidates(attack, cand_w, cand_classes)
   summary, evaluated = select_final(attack, final_w, cand_classes)
 
-  results = {'classes': len(classes), 'latents_optimized': int(len(cand_w)), 'batches': len(logs),
-             'final_per_class': int(a.final_samples), 'target_step': int(target_step),
-             'target_checkpoint': str(config.target.checkpoint),
-             'target_metrics': {k: float(v) for k, v in target_metrics.items()},
-             'mean_final_target_confidence': float(np.mean(list(summary.values()))),
-             'final_loss_mean': float(np.mean([log['loss'][-1] for log in logs]))}
+  results = {
+      'classes': len(classes),
+      'latents_optimized': int(len(cand_w)),
+      'batches': len(logs),
+      'final_per_class': int(a.final_samples),
+      'target_step': int(target_step),
+      'target_checkpoint': str(config.target.checkpoint),
+      'target_metrics': {k: float(v) for k, v in target_metrics.items()},
+      'mean_final_target_confidence': float(np.mean(list(summary.values()))),
+      'final_loss_mean': float(np.mean([log['loss'][-1] for log in logs])),
+  }
   if evaluation_logits is not None:
     for name, prefix in (('filtered', 'eval'), ('unfiltered', 'eval_unfiltered')):
       accuracy = scores_lib.attack_accuracy(*map(np.concatenate, evaluated[name]))
       results[f'{prefix}_top1'], results[f'{prefix}_top5'] = accuracy['top1'], accuracy['top5']
   reporting.write_json(os.path.join(workdir, 'log.json'), {'batches': logs}, indent=None)
-  reporting.write_json(os.path.join(workdir, attack_outputs.ATTACK_FILE),
-                       {'settings': reporting.config_json(config), 'target_config': saved,
-                        'per_class_confidence': {str(k): v for k, v in summary.items()}, **results})
+  reporting.write_json(
+      os.path.join(workdir, attack_outputs.ATTACK_FILE),
+      {
+          'settings': reporting.config_json(config),
+          'target_config': saved,
+          'per_class_confidence': {str(k): v for k, v in summary.items()},
+          **results,
+      },
+  )
   logging.info('Attack done: %s', results)
   return results
 
@@ -201,7 +276,7 @@ def select_candidates(attack: _Attack):
 
   firsts, confidences = [], []
   for start in range(0, len(z), batch_size):
-    w0, conf = score(attack.put(_pad_to(z[start:start + batch_size], batch_size)))
+    w0, conf = score(attack.put(_pad_to(z[start : start + batch_size], batch_size)))
     n = min(batch_size, len(z) - start)
     firsts.append(_fetch(w0)[:n])
     confidences.append(_fetch(conf)[:n])
@@ -210,8 +285,9 @@ def select_candidates(attack: _Attack):
   cand_classes = np.concatenate([np.full(a.num_candidates, c, np.int32) for c in attack.classes])
   cand_w = np.concatenate([pool_w[chosen[c]] for c in attack.classes])
   reporting.save_npz(path, w=cand_w, classes=cand_classes, pool_confidence=confidences)
-  logging.info('Initial selection: %d latents for %d classes from a pool of %d', len(cand_w), len(attack.classes),
-               len(z))
+  logging.info(
+      'Initial selection: %d latents for %d classes from a pool of %d', len(cand_w), len(attack.classes), len(z)
+  )
   return cand_w, cand_classes
 
 
@@ -219,11 +295,14 @@ def optimize_candidates(attack: _Attack, cand_w: np.ndarray, cand_classes: np.nd
   """Stage 2: (optimised latents [N, w_dim], per-batch logs); finished batches are read back."""
   settings, batch_size = attack.settings, attack.batch_size
   batch_sharded, replicated = sharding.data_sharded(attack.mesh), sharding.replicated(attack.mesh)
-  zeros_like_perturbations = perturbation_zeros(attack.model, attack.target_vars, settings.input_size,
-                                                attack.gen_config.img_channels)
-  run = jax.jit(optimize.make_optimize_fn(attack.synthesize, attack.classify, zeros_like_perturbations, settings),
-                in_shardings=(batch_sharded, batch_sharded, batch_sharded, replicated),
-                out_shardings=(batch_sharded, replicated))
+  zeros_like_perturbations = perturbation_zeros(
+      attack.model, attack.target_vars, settings.input_size, attack.gen_config.img_channels
+  )
+  run = jax.jit(
+      optimize.make_optimize_fn(attack.synthesize, attack.classify, zeros_like_perturbations, settings),
+      in_shardings=(batch_sharded, batch_sharded, batch_sharded, replicated),
+      out_shardings=(batch_sharded, replicated),
+  )
   num_batches = -(-len(cand_w) // batch_size)
   progress = reporting.Progress(num_batches, batch_size * settings.steps, name='attack batch')
   final_w, logs = np.zeros_like(cand_w), []
@@ -233,12 +312,20 @@ def optimize_candidates(attack: _Attack, cand_w: np.ndarray, cand_classes: np.nd
     n = rows.stop - rows.start
     if not os.path.exists(path):
       key = jax.random.fold_in(jax.random.key(attack.config.seed), b)
-      w, log = run(attack.put(_pad_to(cand_w[rows], batch_size)), attack.put(_pad_to(cand_classes[rows], batch_size)),
-                   attack.put(np.arange(batch_size) < n), key)
+      w, log = run(
+          attack.put(_pad_to(cand_w[rows], batch_size)),
+          attack.put(_pad_to(cand_classes[rows], batch_size)),
+          attack.put(np.arange(batch_size) < n),
+          key,
+      )
       w, log = _fetch(w)[:n], jax.device_get(log)
-      flat_log = {'loss': log['loss'], 'finite': log['finite'], 'w_grad_abs_mean': log['w_grad_abs_mean'],
-                  'w_grad_abs_std': log['w_grad_abs_std'],
-                  **{f'{attack_outputs.GRAD_NORM_PREFIX}{k}': v for k, v in log['stage_grad_norm'].items()}}
+      flat_log = {
+          'loss': log['loss'],
+          'finite': log['finite'],
+          'w_grad_abs_mean': log['w_grad_abs_mean'],
+          'w_grad_abs_std': log['w_grad_abs_std'],
+          **{f'{attack_outputs.GRAD_NORM_PREFIX}{k}': v for k, v in log['stage_grad_norm'].items()},
+      }
       if not np.all(log['finite']):
         bad_step = int(np.argmin(log['finite']))
         failed = path.replace('.npz', '.failed.npz')
@@ -246,7 +333,8 @@ def optimize_candidates(attack: _Attack, cand_w: np.ndarray, cand_classes: np.nd
         raise FloatingPointError(
             f'non-finite loss or gradient in batch {b} (classes {sorted(set(cand_classes[rows].tolist()))}) at '
             f'step {bad_step}; latents from before that step and the loss log are in {failed}. Finished batches '
-            f'are kept; lower config.attack.lr or check the target and generator, then relaunch to resume.')
+            f'are kept; lower config.attack.lr or check the target and generator, then relaunch to resume.'
+        )
       reporting.save_npz(path, w=w, classes=cand_classes[rows], **flat_log)
     else:  # finished by an earlier launch
       with np.load(path) as f:
@@ -269,8 +357,16 @@ def select_final(attack: _Attack, final_w: np.ndarray, cand_classes: np.ndarray)
   @jax.jit
   def final_images_and_scores(w, targets, key):
     images = attack.synthesize(w)
-    return images, selection.final_scores(attack.classify, attack.frame(images), targets, key, a.final_iterations,
-                                          tuple(a.final_rrc_scale), tuple(a.final_rrc_ratio), attack.settings.antialias)
+    return images, selection.final_scores(
+        attack.classify,
+        attack.frame(images),
+        targets,
+        key,
+        a.final_iterations,
+        tuple(a.final_rrc_scale),
+        tuple(a.final_rrc_ratio),
+        attack.settings.antialias,
+    )
 
   summary, overview = {}, []
   evaluated = {'filtered': ([], []), 'unfiltered': ([], [])}
@@ -285,17 +381,19 @@ def select_final(attack: _Attack, final_w: np.ndarray, cand_classes: np.ndarray)
       key = jax.random.fold_in(jax.random.key(attack.config.seed + 1), c)  # one key per class: the same crops for all
       images, scores = [], []
       for start in range(0, len(idx), batch_size):
-        rows = idx[start:start + batch_size]
-        imgs, sc = final_images_and_scores(attack.put(_pad_to(final_w[rows], batch_size)),
-                                           attack.put(np.full(batch_size, c, np.int32)), key)
-        images.append(_fetch(imgs)[:len(rows)])
-        scores.append(_fetch(sc)[:len(rows)])
+        rows = idx[start : start + batch_size]
+        imgs, sc = final_images_and_scores(
+            attack.put(_pad_to(final_w[rows], batch_size)), attack.put(np.full(batch_size, c, np.int32)), key
+        )
+        images.append(_fetch(imgs)[: len(rows)])
+        scores.append(_fetch(sc)[: len(rows)])
       images, scores = np.concatenate(images), np.concatenate(scores)
       keep = selection.top_final(scores, a.final_samples)
       record = {'w': final_w[idx[keep]], 'scores': scores[keep]}
       if attack.evaluation_logits is not None:  # every optimised image (PPA's unfiltered accuracy) and the kept
-        record['eval_logits_all'] = np.concatenate([np.asarray(attack.evaluation_logits(jnp.asarray(images[i:i + 64])))
-                                                    for i in range(0, len(images), 64)])
+        record['eval_logits_all'] = np.concatenate(
+            [np.asarray(attack.evaluation_logits(jnp.asarray(images[i : i + 64]))) for i in range(0, len(images), 64)]
+        )
         record['eval_logits'] = record['eval_logits_all'][keep]
       framed = np.asarray(attack.frame(jnp.asarray(images[keep])))  # at the target's input size, float
       reporting.save_png(os.path.join(workdir, 'grids', f'class_{c:05d}.png'), reporting.image_grid(framed))
@@ -310,8 +408,10 @@ def select_final(attack: _Attack, final_w: np.ndarray, cand_classes: np.ndarray)
         evaluated[name][0].append(logits)
         evaluated[name][1].append(np.full(len(logits), c))
   per_row = min(OVERVIEW_PER_CLASS, a.final_samples)  # one row per class (the first OVERVIEW_CLASSES), best first
-  reporting.save_png(os.path.join(workdir, 'final_grid.png'),
-                     reporting.image_grid(np.concatenate([row[:per_row] for row in overview]), ncols=per_row))
+  reporting.save_png(
+      os.path.join(workdir, 'final_grid.png'),
+      reporting.image_grid(np.concatenate([row[:per_row] for row in overview]), ncols=per_row),
+  )
   return summary, evaluated
 
 
@@ -319,8 +419,7 @@ def _make_evaluator(config, gen_config, settings, classes):
   """Generator images [n, R, R, C] -> the evaluation model's logits; None without an evaluation model."""
   if not config.evaluation.workdir:
     return None
-  model, variables, saved, _, _ = load_classifier(config.evaluation.workdir, config.evaluation.checkpoint,
-                                                  'evaluation')
+  model, variables, saved, _, _ = load_classifier(config.evaluation.workdir, config.evaluation.checkpoint, 'evaluation')
   check_compatible(model, variables, saved, gen_config, settings, classes)
   size = saved['data']['image_size']
 
@@ -328,6 +427,7 @@ def _make_evaluator(config, gen_config, settings, classes):
   def logits(images):
     framed = transforms.generator_to_classifier(images, settings.center_crop, size, settings.antialias)
     return model.apply(variables, framed, train=False)
+
   return logits
 
 
@@ -337,9 +437,13 @@ def _check_same_attack(workdir: str, config: ml_collections.ConfigDict, global_b
   Devices may change between launches as long as the global batch stays the same.
   """
   current = reporting.config_json(config)
-  identity = {'seed': current['seed'], 'target': current['target'], 'generator': current['generator'],
-              'attack': {k: v for k, v in current['attack'].items() if k != 'batch_size'},
-              'global_batch': global_batch}
+  identity = {
+      'seed': current['seed'],
+      'target': current['target'],
+      'generator': current['generator'],
+      'attack': {k: v for k, v in current['attack'].items() if k != 'batch_size'},
+      'global_batch': global_batch,
+  }
   path = os.path.join(workdir, 'run.json')
   if not os.path.exists(path):
     reporting.write_json(path, identity)
@@ -368,12 +472,14 @@ def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
 
 def perturbation_zeros(model, variables, size: int, channels: int):
   """batch -> zeros of the target's `perturbations` collection (its stage inputs) for that batch size."""
-  def zeros(batch):
-    _, shapes = jax.eval_shape(lambda: model.apply(variables, jnp.zeros((batch, size, size, channels)), train=False,
-                                                   mutable=['perturbations']))
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes.get('perturbations', {}))
-  return zeros
 
+  def zeros(batch):
+    _, shapes = jax.eval_shape(
+        lambda: model.apply(variables, jnp.zeros((batch, size, size, channels)), train=False, mutable=['perturbations'])
+    )
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes.get('perturbations', {}))
+
+  return zeros
 
 
 run = attack_ppa  # the `attack_ppa` job (mi_jax/jobs.py)

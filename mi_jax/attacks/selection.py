@@ -31,8 +31,16 @@ def flip_averaged_confidence(classify: Callable[[jax.Array], jax.Array], images:
   return 0.5 * (jax.nn.softmax(classify(images)) + jax.nn.softmax(classify(images[:, :, ::-1])))
 
 
-def final_scores(classify: Callable[[jax.Array], jax.Array], images: jax.Array, targets: jax.Array, key: jax.Array,
-                 iterations: int, scale=(0.5, 0.9), ratio=(0.8, 1.2), antialias: bool = True) -> jax.Array:
+def final_scores(
+    classify: Callable[[jax.Array], jax.Array],
+    images: jax.Array,
+    targets: jax.Array,
+    key: jax.Array,
+    iterations: int,
+    scale=(0.5, 0.9),
+    ratio=(0.8, 1.2),
+    antialias: bool = True,
+) -> jax.Array:
   """Mean target-class probability over `iterations` random resized crops + flips (one draw per iteration).
 
   `images` are already framed for the target (centre crop + resize). The draws depend on `key` only, so

@@ -20,8 +20,9 @@ def init_from_file(model_config, fresh: dict, as_is: bool = False) -> dict:
   converted = torchvision.to_flax(torchvision.read_state_dict(path), torchvision.kind_of(model_config.name))
   drop = () if model_config.get('aux_logits', False) else ('AuxLogits',)  # a head this model does not have
   try:
-    variables, report = torchvision.merge_into(converted, fresh, reinit=() if as_is else tuple(model_config.init_reinit),
-                                               drop=drop)
+    variables, report = torchvision.merge_into(
+        converted, fresh, reinit=() if as_is else tuple(model_config.init_reinit), drop=drop
+    )
   except transplant.TransplantError as e:
     if not as_is:
       raise
@@ -30,6 +31,7 @@ def init_from_file(model_config, fresh: dict, as_is: bool = False) -> dict:
         f'config.model.init_file={model_config.init_file!r} does not hold the model config.model describes '
         f'({model_config.name}, num_classes={model_config.num_classes}, aux_logits='
         f'{model_config.get("aux_logits", False)}); train.epochs=0 uses the file as it is, so every weight must '
-        'come from it. What does not fit:\n' + '\n'.join(mismatches)) from None
+        'come from it. What does not fit:\n' + '\n'.join(mismatches)
+    ) from None
   logging.info('Initialised %s from %s: %s', model_config.name, path, report.summary())
   return variables

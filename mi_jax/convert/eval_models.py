@@ -27,8 +27,9 @@ def _import(path: str, module, input_size: int, what: str, drop=(), **apply_kwar
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{what}: {path!r} is not a file')
   # Every leaf comes from the file, so only the tree's shapes are needed: no init to compile.
-  shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), np.zeros((1, input_size, input_size, 3),
-                                                                              np.float32), **apply_kwargs))
+  shapes = jax.eval_shape(
+      lambda: module.init(jax.random.PRNGKey(0), np.zeros((1, input_size, input_size, 3), np.float32), **apply_kwargs)
+  )
   fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   converted = tv_convert.to_flax(tv_convert.read_state_dict(path), 'generic')
   variables, _ = tv_convert.merge_into(converted, fresh, drop=drop)
@@ -40,5 +41,11 @@ def import_facenet(path: str):
 
 
 def import_fid_inception(path: str):
-  return _import(path, inception.Inception3(num_classes=1008, fid=True), FID_SIZE, 'the FID Inception weight file',
-                 drop=('fc',), features_only=True)
+  return _import(
+      path,
+      inception.Inception3(num_classes=1008, fid=True),
+      FID_SIZE,
+      'the FID Inception weight file',
+      drop=('fc',),
+      features_only=True,
+  )

@@ -10,6 +10,7 @@ def import_torchvision():
   the model definitions need none of torchvision.ops.
   """
   import torch  # pylint: disable=g-import-not-at-top
+
   try:
     import torchvision  # pylint: disable=g-import-not-at-top
   except RuntimeError:

@@ -19,14 +19,21 @@ import numpy as np
 from mi_jax import models
 from mi_jax.defenses import transplant as transplant_lib
 
-_DENSENET_LEGACY = re.compile(r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$')
-_BN_FIELDS = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
-              'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
+_DENSENET_LEGACY = re.compile(
+    r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$'
+)
+_BN_FIELDS = {
+    'weight': ('params', 'scale'),
+    'bias': ('params', 'bias'),
+    'running_mean': ('batch_stats', 'mean'),
+    'running_var': ('batch_stats', 'var'),
+}
 
 
 def read_state_dict(path: str) -> dict:
   """{name: float32 numpy array} from a torch file, wrappers and prefixes removed."""
   import torch  # pylint: disable=g-import-not-at-top  (optional dependency: pip install -e '.[torch]')
+
   obj = torch.load(path, map_location='cpu', weights_only=True)
   for key in ('model_state_dict', 'state_dict', 'model'):
     if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
@@ -40,7 +47,7 @@ def clean_state_dict(state_dict: dict) -> dict:
   for key, value in state_dict.items():
     for prefix in ('module.', 'model.'):
       if key.startswith(prefix):
-        key = key[len(prefix):]
+        key = key[len(prefix) :]
     legacy = _DENSENET_LEGACY.match(key)
     if legacy:  # features.denseblock1.denselayer1.norm.1.weight -> ...norm1.weight
       key = legacy.group(1) + legacy.group(2)
@@ -129,7 +136,8 @@ def merge_into(converted: dict, fresh: dict, reinit: Sequence[str] = (), drop: S
   except transplant_lib.TransplantError as e:
     raise transplant_lib.TransplantError(
         f'{e}\nThe weight file does not fit config.model; for another class count name the head in '
-        f"config.model.init_reinit (ResNet: 'fc', DenseNet: 'classifier').") from None
+        f"config.model.init_reinit (ResNet: 'fc', DenseNet: 'classifier')."
+    ) from None
 
 
 def kind_of(model_name: str) -> str:

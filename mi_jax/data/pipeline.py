@@ -18,6 +18,7 @@ from mi_jax.data import augment
 @dataclasses.dataclass(frozen=True)
 class TrainTransform(grain.transforms.RandomMap):
   """PPA training augmentation; see `augment.py`."""
+
   image_size: int
   rrc_scale: tuple[float, float] = (0.85, 1.0)
   rrc_ratio: tuple[float, float] = (1.0, 1.0)
@@ -39,6 +40,7 @@ class TrainTransform(grain.transforms.RandomMap):
 @dataclasses.dataclass(frozen=True)
 class EvalTransform(grain.transforms.Map):
   """Resize to the model's input size and normalise to [-1, 1]."""
+
   image_size: int
 
   def map(self, element):
@@ -48,14 +50,16 @@ class EvalTransform(grain.transforms.Map):
 
 def train_transform(data_config) -> TrainTransform:
   aug = data_config.augment
-  return TrainTransform(image_size=data_config.image_size,
-                        rrc_scale=tuple(aug.rrc_scale),
-                        rrc_ratio=tuple(aug.rrc_ratio),
-                        brightness=aug.brightness,
-                        contrast=aug.contrast,
-                        saturation=aug.saturation,
-                        hue=aug.hue,
-                        hflip=aug.hflip)
+  return TrainTransform(
+      image_size=data_config.image_size,
+      rrc_scale=tuple(aug.rrc_scale),
+      rrc_ratio=tuple(aug.rrc_ratio),
+      brightness=aug.brightness,
+      contrast=aug.contrast,
+      saturation=aug.saturation,
+      hue=aug.hue,
+      hflip=aug.hflip,
+  )
 
 
 def per_process_batch_size(global_batch_size: int) -> int:
@@ -64,8 +68,9 @@ def per_process_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-def train_dataset(source, data_config, global_batch_size: int, num_epochs: int, seed: int,
-                  augment: bool = True) -> grain.IterDataset:
+def train_dataset(
+    source, data_config, global_batch_size: int, num_epochs: int, seed: int, augment: bool = True
+) -> grain.IterDataset:
   """Shuffled anew each epoch, augmented (unless not `augment`), batched; this process's share of every batch.
 
   shuffle before repeat: each epoch is its own permutation of the split (grain draws a new order per
@@ -76,7 +81,7 @@ def train_dataset(source, data_config, global_batch_size: int, num_epochs: int, 
     ds = ds.random_map(train_transform(data_config), seed=seed)
   else:
     ds = ds.map(EvalTransform(data_config.image_size))
-  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds[jax.process_index() :: jax.process_count()]
   ds = ds.batch(per_process_batch_size(global_batch_size), drop_remainder=True)
   it = ds.to_iter_dataset()
   if data_config.worker_count > 0:
@@ -91,7 +96,7 @@ def eval_batches(source, data_config, global_batch_size: int):
   """
   per_process = per_process_batch_size(global_batch_size)
   num_batches = -(-len(source) // global_batch_size)
-  ds = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
+  ds = grain.MapDataset.source(source)[jax.process_index() :: jax.process_count()]
   ds = ds.map(EvalTransform(data_config.image_size)).batch(per_process)
   for i in range(num_batches):
     if i < len(ds):
@@ -100,5 +105,4 @@ def eval_batches(source, data_config, global_batch_size: int):
       batch = jax.tree.map(lambda x: x[:0], ds[0])
     n = len(batch['label'])
     pad = lambda x: np.concatenate([x, np.zeros((per_process - n,) + x.shape[1:], x.dtype)])
-    yield {'image': pad(batch['image']), 'label': pad(batch['label']),
-           'mask': pad(np.ones(n, np.float32))}
+    yield {'image': pad(batch['image']), 'label': pad(batch['label']), 'mask': pad(np.ones(n, np.float32))}

@@ -12,8 +12,10 @@ def resolve(data_config):
   """(builder class, its kwargs) for config.data; raises ValueError naming config.data.name."""
   name, _, config_name = data_config.name.partition('/')
   if name not in builders.BUILDERS:
-    raise ValueError(f'config.data.name={data_config.name!r}: unknown dataset; known: '
-                     f'{", ".join(sorted(builders.BUILDERS))} (demo ones take /private or /public)')
+    raise ValueError(
+        f'config.data.name={data_config.name!r}: unknown dataset; known: '
+        f'{", ".join(sorted(builders.BUILDERS))} (demo ones take /private or /public)'
+    )
   cls = builders.BUILDERS[name]
   kwargs = dict(data_dir=os.path.expanduser(data_config.data_dir), file_format='array_record')
   if cls is builders.ImageFolder:
@@ -49,7 +51,8 @@ def prepare(data_config) -> tfds.core.DatasetBuilder:
       raise FileNotFoundError(
           f'config.data.manual_dir={data_config.manual_dir!r} is not a directory, and {data_config.name} '
           f'is not prepared yet in config.data.data_dir={data_config.data_dir!r}.'
-          f'{builders.BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS}')
+          f'{builders.BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS}'
+      )
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   logging.info('Preparing %s into %s', data_config.name, builder.data_dir)
   builder.download_and_prepare(download_config=download_config)

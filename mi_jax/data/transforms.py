@@ -57,7 +57,7 @@ def center_crop(images: jax.Array, size: int) -> jax.Array:
     raise ValueError(f'center crop {size} is larger than the {height}x{width} images')
   top = int(round((height - size) / 2.0))
   left = int(round((width - size) / 2.0))
-  return images[:, top:top + size, left:left + size]
+  return images[:, top : top + size, left : left + size]
 
 
 def resize(images, size: int, antialias: bool, xp=jnp):

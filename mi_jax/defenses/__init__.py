@@ -24,10 +24,10 @@ TTS_STAGE1_FRACTION = 0.05
 
 @dataclasses.dataclass(frozen=True)
 class Defense:
-  label: str                    # the row's name in tables
-  last_stage: str = 'keep'      # the last stage's skips: 'keep', 'remove' (RoLSS) or 'scale' (SSF)
-  two_stage: bool = False       # TTS: trained with every skip first, then transplanted
-  bido: bool = False            # the BiDO-HSIC loss term
+  label: str  # the row's name in tables
+  last_stage: str = 'keep'  # the last stage's skips: 'keep', 'remove' (RoLSS) or 'scale' (SSF)
+  two_stage: bool = False  # TTS: trained with every skip first, then transplanted
+  bido: bool = False  # the BiDO-HSIC loss term
 
 
 DEFENSES = {
@@ -45,8 +45,13 @@ def ssf_k(model_name: str) -> float:
   return SSF_K[models.family_of(model_name).concatenative_skips]
 
 
-def defend(config: ml_collections.ConfigDict, defense: str, k: float | None = None, learn: bool = False,
-           tts_stage1_fraction: float = TTS_STAGE1_FRACTION) -> ml_collections.ConfigDict:
+def defend(
+    config: ml_collections.ConfigDict,
+    defense: str,
+    k: float | None = None,
+    learn: bool = False,
+    tts_stage1_fraction: float = TTS_STAGE1_FRACTION,
+) -> ml_collections.ConfigDict:
   """A copy of the classifier `config` (its model.name set) trained with `defense`.
 
   `k`: SSF's factor (default: ssf_k); `learn`: SSF's k learnt from k. BiDO rows keep the weights
@@ -76,11 +81,11 @@ def defend(config: ml_collections.ConfigDict, defense: str, k: float | None = No
   if spec.two_stage:
     config.job = 'tts'
     config.tts = ml_collections.ConfigDict()
-    config.tts.stage1_skip = keep + (1.0,)          # stage 1: every skip kept
+    config.tts.stage1_skip = keep + (1.0,)  # stage 1: every skip kept
     config.tts.stage1_epochs = max(1, round(tts_stage1_fraction * config.train.epochs))  # M; stage 2 runs N
-    config.tts.lr_schedule = 'continue'            # 'continue' across stages, or 'restart' in stage 2
-    config.tts.reinit = ('skip_scale',)            # target leaves that may start fresh (a learnable k)
-    config.tts.drop = ('skip_scale',)              # source leaves that may be left behind
+    config.tts.lr_schedule = 'continue'  # 'continue' across stages, or 'restart' in stage 2
+    config.tts.reinit = ('skip_scale',)  # target leaves that may start fresh (a learnable k)
+    config.tts.drop = ('skip_scale',)  # source leaves that may be left behind
     if concatenative:  # truncation changes the parameter tree; scaling keeps it, so stage 1's weights fit
       config.model.skip_mode = 'scale'
   return config

@@ -30,10 +30,16 @@ def validate_config(config: ml_collections.ConfigDict):
   check, b = config_checks.check_field, config.bido
   check(b.a1 >= 0 and b.a2 >= 0, 'bido', (b.a1, b.a2), 'expected weights a1, a2 >= 0')
   check(b.sigma > 0, 'bido.sigma', b.sigma, 'expected > 0')
-  check(b.label_kernel in ('linear', 'gaussian'), 'bido.label_kernel', b.label_kernel, "expected 'linear' or 'gaussian'")
+  check(
+      b.label_kernel in ('linear', 'gaussian'), 'bido.label_kernel', b.label_kernel, "expected 'linear' or 'gaussian'"
+  )
   if is_enabled(b):
-    check(models.family_of(config.model.name).records_hidden, 'model.name', config.model.name,
-          'BiDO regularises the hidden features a model records (layers.sow_hidden); this family records none')
+    check(
+        models.family_of(config.model.name).records_hidden,
+        'model.name',
+        config.model.name,
+        'BiDO regularises the hidden features a model records (layers.sow_hidden); this family records none',
+    )
 
 
 def gaussian_kernel(x, sigma: float):
@@ -75,8 +81,10 @@ def make_regularizer(bido_config: ml_collections.ConfigDict, num_classes: int):
   def regularizer(images, labels, hidden_collection):
     hidden = hidden_collection.get(layers.HIDDEN_NAME)
     if not hidden:
-      raise ValueError('BiDO needs hidden features, but the model records none (layers.sow_hidden); '
-                       'ResNets and DenseNets record them')
+      raise ValueError(
+          'BiDO needs hidden features, but the model records none (layers.sow_hidden); '
+          'ResNets and DenseNets record them'
+      )
     kernel_x = gaussian_kernel(images, sigma)
     kernel_y = label_kernel(jax.nn.one_hot(labels, num_classes))
     hsic_xz = hsic_yz = 0.0

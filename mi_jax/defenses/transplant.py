@@ -23,8 +23,8 @@ class TransplantError(ValueError):
 @dataclasses.dataclass
 class TransplantReport:
   copied: list[str]
-  reinitialised: list[str]       # target paths kept at their fresh init (missing or other shape in source)
-  dropped: list[str]             # source paths with no place in the target
+  reinitialised: list[str]  # target paths kept at their fresh init (missing or other shape in source)
+  dropped: list[str]  # source paths with no place in the target
 
   def summary(self) -> str:
     lines = [f'copied {len(self.copied)} leaves']
@@ -64,6 +64,7 @@ def transplant(source, target, reinit: Sequence[str] = (), drop: Sequence[str] =
   dropped = sorted(set(src) - set(dst))
   problems += [f'  {p}: not in the target model' for p in dropped if not matches(p, drop)]
   if problems:
-    raise TransplantError('cannot transplant these leaves (name them in reinit= / drop= to allow it):\n' +
-                          '\n'.join(problems))
+    raise TransplantError(
+        'cannot transplant these leaves (name them in reinit= / drop= to allow it):\n' + '\n'.join(problems)
+    )
   return traverse_util.unflatten_dict(out, sep='/'), TransplantReport(copied, reinitialised, dropped)

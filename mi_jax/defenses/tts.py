@@ -54,9 +54,9 @@ def stage_configs(config: ml_collections.ConfigDict):
   return stage1, stage2
 
 
-def train_tts(config: ml_collections.ConfigDict,
-              workdir: str,
-              on_step: Callable[[str, int], None] | None = None) -> dict:
+def train_tts(
+    config: ml_collections.ConfigDict, workdir: str, on_step: Callable[[str, int], None] | None = None
+) -> dict:
   """Runs (or resumes) both stages; `on_step(stage_name, step)` as in trainer.train_and_evaluate."""
   stage1, stage2 = stage_configs(config)
   hook = lambda name: None if on_step is None else functools.partial(on_step, name)
@@ -65,8 +65,9 @@ def train_tts(config: ml_collections.ConfigDict,
   results1 = trainer.train_and_evaluate(stage1, dir1, on_step=hook('stage1'))
 
   def from_stage1(fresh):
-    moved, report = transplant.transplant(checkpoint.load_variables(dir1), fresh,
-                                          reinit=tuple(config.tts.reinit), drop=tuple(config.tts.drop))
+    moved, report = transplant.transplant(
+        checkpoint.load_variables(dir1), fresh, reinit=tuple(config.tts.reinit), drop=tuple(config.tts.drop)
+    )
     logging.info('TTS transplant stage 1 -> stage 2: %s', report.summary())
     reporting.write_json(os.path.join(dir2, 'transplant.json'), dataclasses.asdict(report))
     return moved

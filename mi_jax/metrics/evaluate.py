@@ -54,8 +54,9 @@ class EvaluationError(ValueError):
 @dataclasses.dataclass
 class AttackImages:
   """Attack images to evaluate: float images at any size on demand, their target classes."""
-  render: Callable[[int], np.ndarray]   # size -> float [N, size, size, C], about [-1, 1], unclipped
-  targets: np.ndarray                   # [N] attacked class of each image
+
+  render: Callable[[int], np.ndarray]  # size -> float [N, size, size, C], about [-1, 1], unclipped
+  targets: np.ndarray  # [N] attacked class of each image
   confidences: np.ndarray | None = None  # [N] the target's final-selection confidence (final images only)
 
 
@@ -82,7 +83,7 @@ def batched(fn, inputs, batch_size: int) -> np.ndarray:
   """fn over `inputs` in fixed-size batches (the last one padded: one compilation)."""
   out = []
   for start in range(0, len(inputs), batch_size):
-    chunk = inputs[start:start + batch_size]
+    chunk = inputs[start : start + batch_size]
     n = len(chunk)
     if n < batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
@@ -104,12 +105,14 @@ def classifier_functions(model, variables):
   if isinstance(model, inception.Inception3):
     features = jax.jit(lambda x: model.apply(variables, x, train=False, features_only=True))
   else:  # the last hidden feature a target records is its pooled penultimate feature
+
     def _features(x):
       _, recorded = model.apply(variables, x, train=False, mutable=[layers.HIDDEN_COLLECTION])
       hidden = recorded.get(layers.HIDDEN_COLLECTION, {}).get(layers.HIDDEN_NAME)
       if not hidden:
         raise EvaluationError(f'{type(model).__name__} records no hidden features to measure KNN distances with')
       return hidden[-1]
+
     features = jax.jit(_features)
   return logits, features
 
@@ -162,6 +165,7 @@ def private_features(data_config: dict, classes, size: int, embed, batch_size: i
 @dataclasses.dataclass
 class Embedder:
   """A jitted feature function and what its inputs need (3 channels for ImageNet-style networks)."""
+
   fn: Callable
   rgb: bool = False
 
@@ -186,19 +190,33 @@ def _cached(cache_dir: str, key: dict, compute):
 
 # ---------------------------------------------------------------------------- configuration
 
+
 def validate_metrics(metrics: ml_collections.ConfigDict):
   """Weight files named in config.metrics must exist (checked before any work)."""
   for field in ('facenet_file', 'fid_inception_file'):
     path = metrics[field]
-    config_checks.check_field(not path or os.path.isfile(os.path.expanduser(path)), f'metrics.{field}', path,
-                     'no such file', FileNotFoundError)
-  config_checks.check_field(isinstance(metrics.batch_size, int) and metrics.batch_size > 0, 'metrics.batch_size',
-                   metrics.batch_size, 'expected a positive integer')
+    config_checks.check_field(
+        not path or os.path.isfile(os.path.expanduser(path)),
+        f'metrics.{field}',
+        path,
+        'no such file',
+        FileNotFoundError,
+    )
+  config_checks.check_field(
+      isinstance(metrics.batch_size, int) and metrics.batch_size > 0,
+      'metrics.batch_size',
+      metrics.batch_size,
+      'expected a positive integer',
+  )
 
 
 def validate_config(config: ml_collections.ConfigDict):
-  config_checks.check_field(bool(config.evaluation.workdir), 'evaluation.workdir', config.evaluation.workdir,
-                   "name the evaluation model's train workdir (configs/eval_model.py)")
+  config_checks.check_field(
+      bool(config.evaluation.workdir),
+      'evaluation.workdir',
+      config.evaluation.workdir,
+      "name the evaluation model's train workdir (configs/eval_model.py)",
+  )
   config_checks.check_checkpoint_choice(config, 'evaluation.checkpoint')
   validate_metrics(config.metrics)
 
@@ -210,8 +228,13 @@ def evaluate_job(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 # ---------------------------------------------------------------------------- evaluation
 
-def evaluate_attack(attack_workdir: str, evaluation_workdir: str, metrics: ml_collections.ConfigDict,
-                    evaluation_checkpoint: str = 'latest') -> dict:
+
+def evaluate_attack(
+    attack_workdir: str,
+    evaluation_workdir: str,
+    metrics: ml_collections.ConfigDict,
+    evaluation_checkpoint: str = 'latest',
+) -> dict:
   """Computes the metrics of one attack and writes evaluation.json / evaluation.npz into its workdir.
 
   `metrics` is a config.metrics section (configs/evaluate.py).
@@ -221,76 +244,121 @@ def evaluate_attack(attack_workdir: str, evaluation_workdir: str, metrics: ml_co
   except attack_outputs.AttackOutputError as e:
     raise EvaluationError(str(e)) from None
   final, unfiltered = attack_images(attack_workdir, metrics.antialias, metrics.batch_size)
-  results, records = evaluate_images(final, unfiltered, attack['target_config']['data'], evaluation_workdir, metrics,
-                                     evaluation_checkpoint)
+  results, records = evaluate_images(
+      final, unfiltered, attack['target_config']['data'], evaluation_workdir, metrics, evaluation_checkpoint
+  )
   reporting.save_npz(os.path.join(attack_workdir, 'evaluation.npz'), **records)
   reporting.write_json(os.path.join(attack_workdir, 'evaluation.json'), results)
   logging.info('Evaluation of %s: %s', attack_workdir, results)
   return results
 
 
-def evaluate_images(final: AttackImages, unfiltered: AttackImages | None, data_config: dict, evaluation_workdir: str,
-                    metrics: ml_collections.ConfigDict, evaluation_checkpoint: str = 'latest'):
+def evaluate_images(
+    final: AttackImages,
+    unfiltered: AttackImages | None,
+    data_config: dict,
+    evaluation_workdir: str,
+    metrics: ml_collections.ConfigDict,
+    evaluation_checkpoint: str = 'latest',
+):
   """(results, per-image records) of attack images against the private data described by `data_config`."""
   batch_size, cache_dir = metrics.batch_size, metrics.cache_dir
   classes = sorted(set(final.targets.tolist()))
   evaluation_workdir = os.path.abspath(os.path.expanduser(evaluation_workdir))
   try:
-    eval_model, eval_vars, eval_saved, eval_step, _ = checkpoint.load_classifier(evaluation_workdir,
-                                                                                 evaluation_checkpoint)
+    eval_model, eval_vars, eval_saved, eval_step, _ = checkpoint.load_classifier(
+        evaluation_workdir, evaluation_checkpoint
+    )
   except (FileNotFoundError, checkpoint.CheckpointError) as e:
     raise EvaluationError(f'the evaluation model: {e}') from None
   if eval_saved['data']['name'] != data_config['name']:
-    raise EvaluationError(f'the evaluation model in {evaluation_workdir} was trained on {eval_saved["data"]["name"]}, '
-                          f'the target on {data_config["name"]}')
+    raise EvaluationError(
+        f'the evaluation model in {evaluation_workdir} was trained on {eval_saved["data"]["name"]}, '
+        f'the target on {data_config["name"]}'
+    )
   eval_size = eval_saved['data']['image_size']
   eval_logits_fn, eval_features_fn = classifier_functions(eval_model, eval_vars)
   fakes_eval = final.render(eval_size)
   logits = batched(eval_logits_fn, fakes_eval, batch_size)
   accuracy = scores_lib.attack_accuracy(logits, final.targets)
-  results = {'attack_acc_top1': accuracy['top1'], 'attack_acc_top5': accuracy['top5'], 'images': int(len(final.targets)),
-             'classes': len(classes), 'evaluation_step': int(eval_step)}
+  results = {
+      'attack_acc_top1': accuracy['top1'],
+      'attack_acc_top5': accuracy['top5'],
+      'images': int(len(final.targets)),
+      'classes': len(classes),
+      'evaluation_step': int(eval_step),
+  }
   if unfiltered is not None:
-    accuracy = scores_lib.attack_accuracy(batched(eval_logits_fn, unfiltered.render(eval_size), batch_size),
-                                          unfiltered.targets)
-    results.update(attack_acc_unfiltered_top1=accuracy['top1'], attack_acc_unfiltered_top5=accuracy['top5'],
-                   images_unfiltered=int(len(unfiltered.targets)))
+    accuracy = scores_lib.attack_accuracy(
+        batched(eval_logits_fn, unfiltered.render(eval_size), batch_size), unfiltered.targets
+    )
+    results.update(
+        attack_acc_unfiltered_top1=accuracy['top1'],
+        attack_acc_unfiltered_top5=accuracy['top5'],
+        images_unfiltered=int(len(unfiltered.targets)),
+    )
 
   # KNN distance, evaluation-model features. The private features are the same for every attack.
-  key = {'what': 'evaluation_features', 'model': evaluation_workdir, 'step': int(eval_step), 'data': data_config,
-         'classes': classes}
-  private = _cached(cache_dir, key, lambda: private_features(data_config, classes, eval_size,
-                                                             Embedder(eval_features_fn), batch_size, PIL_RESIZE))
+  key = {
+      'what': 'evaluation_features',
+      'model': evaluation_workdir,
+      'step': int(eval_step),
+      'data': data_config,
+      'classes': classes,
+  }
+  private = _cached(
+      cache_dir,
+      key,
+      lambda: private_features(data_config, classes, eval_size, Embedder(eval_features_fn), batch_size, PIL_RESIZE),
+  )
   fake_eval_features = batched(eval_features_fn, fakes_eval, batch_size)
-  results['knn_dist_eval'] = scores_lib.knn_distance(fake_eval_features, final.targets, private['features'],
-                                                     private['labels'])
+  results['knn_dist_eval'] = scores_lib.knn_distance(
+      fake_eval_features, final.targets, private['features'], private['labels']
+  )
 
   if metrics.facenet_file:
     module, variables = eval_models.import_facenet(metrics.facenet_file)
     embed = Embedder(jax.jit(lambda x: module.apply(variables, x, train=False)), rgb=True)
     size = eval_models.FACENET_SIZE
-    private_face = _cached(cache_dir, {**key, 'what': 'facenet_features', 'model': metrics.facenet_file},
-                           lambda: private_features(data_config, classes, size, embed, batch_size, PIL_RESIZE))
-    results['knn_dist_facenet'] = scores_lib.knn_distance(batched(embed, _rgb(final.render(size)), batch_size),
-                                                          final.targets, private_face['features'],
-                                                          private_face['labels'])
+    private_face = _cached(
+        cache_dir,
+        {**key, 'what': 'facenet_features', 'model': metrics.facenet_file},
+        lambda: private_features(data_config, classes, size, embed, batch_size, PIL_RESIZE),
+    )
+    results['knn_dist_facenet'] = scores_lib.knn_distance(
+        batched(embed, _rgb(final.render(size)), batch_size),
+        final.targets,
+        private_face['features'],
+        private_face['labels'],
+    )
 
   if metrics.fid_inception_file:
     module, variables = eval_models.import_fid_inception(metrics.fid_inception_file)
-    pool3 = Embedder(jax.jit(lambda x: module.apply(variables, fid_inputs(x, metrics.fid_quirk), train=False,
-                                                    features_only=True)), rgb=True)
+    pool3 = Embedder(
+        jax.jit(lambda x: module.apply(variables, fid_inputs(x, metrics.fid_quirk), train=False, features_only=True)),
+        rgb=True,
+    )
     size = eval_models.FID_SIZE
-    private_fid = _cached(cache_dir, {**key, 'what': 'fid_features', 'model': metrics.fid_inception_file,
-                                      'quirk': metrics.fid_quirk, 'antialias': metrics.antialias},
-                          lambda: private_features(data_config, classes, size, pool3, batch_size, metrics.antialias))
+    private_fid = _cached(
+        cache_dir,
+        {
+            **key,
+            'what': 'fid_features',
+            'model': metrics.fid_inception_file,
+            'quirk': metrics.fid_quirk,
+            'antialias': metrics.antialias,
+        },
+        lambda: private_features(data_config, classes, size, pool3, batch_size, metrics.antialias),
+    )
     real, real_labels = private_fid['features'], private_fid['labels']
     fake = batched(pool3, _rgb(final.render(size)), batch_size)
     results['fid_features'] = 'inception_ppa_inputs' if metrics.fid_quirk else 'inception'
   else:
     real, real_labels, fake = private['features'], private['labels'], fake_eval_features
     results['fid_features'] = 'evaluation_model'
-  results['fid'] = scores_lib.frechet_distance(*scores_lib.gaussian_statistics(fake),
-                                               *scores_lib.gaussian_statistics(real))
+  results['fid'] = scores_lib.frechet_distance(
+      *scores_lib.gaussian_statistics(fake), *scores_lib.gaussian_statistics(real)
+  )
   results.update(scores_lib.per_class_prdc(real, real_labels, fake, final.targets, PRDC_K))
 
   # False positives: images the target accepts (final confidence > 0.5) that the evaluation model rejects.

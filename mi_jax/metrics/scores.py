@@ -1,11 +1,11 @@
 """Metrics computed from logits and features (numpy; batched by the caller over large sets).
 
-  attack_accuracy   top-1 / top-5 of an evaluation model on attack images (PPA metrics/accuracy.py)
-  knn_distance      mean over attack images of the squared L2 distance to the nearest private training
-                    feature of the same class (PPA metrics/distance_metrics.py)
-  frechet_distance  FID between two Gaussians fitted to Inception features (pytorch-fid's formula)
-  delta_ratio       Δ = (AttAcc_nodef - AttAcc_def) / (Acc_nodef - Acc_def), higher is better
-  prdc              precision, recall, density, coverage (Naeem et al., ICML 2020), per class as PPA
+attack_accuracy   top-1 / top-5 of an evaluation model on attack images (PPA metrics/accuracy.py)
+knn_distance      mean over attack images of the squared L2 distance to the nearest private training
+                  feature of the same class (PPA metrics/distance_metrics.py)
+frechet_distance  FID between two Gaussians fitted to Inception features (pytorch-fid's formula)
+delta_ratio       Δ = (AttAcc_nodef - AttAcc_def) / (Acc_nodef - Acc_def), higher is better
+prdc              precision, recall, density, coverage (Naeem et al., ICML 2020), per class as PPA
 """
 
 import numpy as np
@@ -18,11 +18,15 @@ def attack_accuracy(logits: np.ndarray, targets: np.ndarray, k: int = 5) -> dict
   if logits.shape[0] != targets.shape[0] or logits.ndim != 2:
     raise ValueError(f'expected logits [N, classes] and targets [N], got {logits.shape} and {targets.shape}')
   top_k = np.argsort(-logits, axis=1, kind='stable')[:, :k]
-  return {'top1': float(np.mean(top_k[:, 0] == targets)), f'top{k}': float(np.mean(np.any(top_k == targets[:, None], 1)))}
+  return {
+      'top1': float(np.mean(top_k[:, 0] == targets)),
+      f'top{k}': float(np.mean(np.any(top_k == targets[:, None], 1))),
+  }
 
 
-def knn_distance(attack_features: np.ndarray, attack_labels: np.ndarray,
-                 private_features: np.ndarray, private_labels: np.ndarray) -> float:
+def knn_distance(
+    attack_features: np.ndarray, attack_labels: np.ndarray, private_features: np.ndarray, private_labels: np.ndarray
+) -> float:
   """Mean over attack images of min_j ||a_i - p_j||^2 over private images j of the same class."""
   attack_features = np.asarray(attack_features, np.float64)
   private_features = np.asarray(private_features, np.float64)
@@ -32,8 +36,11 @@ def knn_distance(attack_features: np.ndarray, attack_labels: np.ndarray,
     refs = private_features[np.asarray(private_labels) == c]
     if not len(refs):
       raise ValueError(f'class {c} has attack images but no private training images')
-    d2 = (np.sum(attack_features[rows] ** 2, 1)[:, None] - 2 * attack_features[rows] @ refs.T +
-          np.sum(refs ** 2, 1)[None, :])
+    d2 = (
+        np.sum(attack_features[rows] ** 2, 1)[:, None]
+        - 2 * attack_features[rows] @ refs.T
+        + np.sum(refs**2, 1)[None, :]
+    )
     minima[rows] = np.maximum(d2.min(axis=1), 0.0)  # the expansion can dip below 0 by rounding
   return float(np.mean(minima))
 
@@ -77,7 +84,7 @@ def delta_ratio(acc_nodef: float, attack_acc_nodef: float, acc_def: float, attac
 def _pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """Euclidean distances [len(a), len(b)] in float64."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  d2 = np.sum(a ** 2, 1)[:, None] - 2 * a @ b.T + np.sum(b ** 2, 1)[None, :]
+  d2 = np.sum(a**2, 1)[:, None] - 2 * a @ b.T + np.sum(b**2, 1)[None, :]
   return np.sqrt(np.maximum(d2, 0.0))
 
 
@@ -105,14 +112,17 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
   distance = _pairwise_distances(real, fake)  # [reals, fakes]
   inside_real = distance < real_radii[:, None]
   recall = float(np.mean(np.any(distance < fake_radii[None, :], axis=1))) if len(fake) > k else float('nan')
-  return {'precision': float(np.mean(np.any(inside_real, axis=0))),
-          'recall': recall,
-          'density': float(np.mean(np.sum(inside_real, axis=0)) / k),
-          'coverage': float(np.mean(distance.min(axis=1) < real_radii))}
+  return {
+      'precision': float(np.mean(np.any(inside_real, axis=0))),
+      'recall': recall,
+      'density': float(np.mean(np.sum(inside_real, axis=0)) / k),
+      'coverage': float(np.mean(distance.min(axis=1) < real_radii)),
+  }
 
 
-def per_class_prdc(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
-                   k: int = 3) -> dict[str, float]:
+def per_class_prdc(
+    real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray, k: int = 3
+) -> dict[str, float]:
   """prdc within each attacked class, averaged over the classes (PPA's protocol), keys prefixed 'prdc_'."""
   real_labels, fake_labels = np.asarray(real_labels), np.asarray(fake_labels)
   per_class = [prdc(real[real_labels == c], fake[fake_labels == c], k) for c in np.unique(fake_labels)]

@@ -56,8 +56,9 @@ def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
   for other in FAMILIES:
     for field, neutral in other.options:
       if other is not family and model_config.get(field, neutral) != neutral:
-        raise ValueError(f'config.model.{field}={model_config[field]!r} applies to {other.name} models only, '
-                         f'not {name}')
+        raise ValueError(
+            f'config.model.{field}={model_config[field]!r} applies to {other.name} models only, ' f'not {name}'
+        )
   return family.build(model_config, family.architectures[name], registry.DTYPES[model_config.dtype], deploy)
 
 

@@ -20,13 +20,20 @@ trunc_normal = nn.initializers.truncated_normal(0.02)  # torchvision: trunc_norm
 
 class Block(nn.Module):
   dim: int
-  drop_path: float          # Stochastic-depth probability of this block.
+  drop_path: float  # Stochastic-depth probability of this block.
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, skip_scale, train: bool):
-    y = nn.Conv(self.dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=self.dim,
-                kernel_init=trunc_normal, dtype=self.dtype, name='dwconv')(x)
+    y = nn.Conv(
+        self.dim,
+        (7, 7),
+        padding=((3, 3), (3, 3)),
+        feature_group_count=self.dim,
+        kernel_init=trunc_normal,
+        dtype=self.dtype,
+        name='dwconv',
+    )(x)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(y)
     y = nn.Dense(4 * self.dim, kernel_init=trunc_normal, dtype=self.dtype, name='pwconv1')(y)
     y = jax.nn.gelu(y, approximate=False)
@@ -39,11 +46,11 @@ class Block(nn.Module):
 
 
 class ConvNeXt(nn.Module):
-  depths: Sequence[int]                 # Blocks per stage, (3, 3, 9, 3) for Tiny.
-  dims: Sequence[int]                   # Channels per stage, (96, 192, 384, 768) for Tiny.
+  depths: Sequence[int]  # Blocks per stage, (3, 3, 9, 3) for Tiny.
+  dims: Sequence[int]  # Channels per stage, (96, 192, 384, 768) for Tiny.
   num_classes: int
   skip: Sequence[Any] = (1.0, 1.0, 1.0, 1.0)
-  stochastic_depth: float = 0.1         # Largest drop-path probability (last block), linear in block index.
+  stochastic_depth: float = 0.1  # Largest drop-path probability (last block), linear in block index.
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -51,16 +58,30 @@ class ConvNeXt(nn.Module):
     skip_lib.check_count(self.skip, len(self.depths))
     layer_norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
     x = jnp.asarray(x, self.dtype)
-    x = nn.Conv(self.dims[0], (4, 4), strides=(4, 4), padding='VALID', kernel_init=trunc_normal,
-                dtype=self.dtype, name='stem_conv')(x)
+    x = nn.Conv(
+        self.dims[0],
+        (4, 4),
+        strides=(4, 4),
+        padding='VALID',
+        kernel_init=trunc_normal,
+        dtype=self.dtype,
+        name='stem_conv',
+    )(x)
     x = layer_norm('stem_norm')(x)
     total, block_id = sum(self.depths), 0
     for i, depth in enumerate(self.depths):
       skip_scale = skip_lib.stage_skip_scale(self, i + 1, self.skip[i], self.dtype)
       if i > 0:
         x = layer_norm(f'downsample{i}_norm')(x)
-        x = nn.Conv(self.dims[i], (2, 2), strides=(2, 2), padding='VALID', kernel_init=trunc_normal,
-                    dtype=self.dtype, name=f'downsample{i}_conv')(x)
+        x = nn.Conv(
+            self.dims[i],
+            (2, 2),
+            strides=(2, 2),
+            padding='VALID',
+            kernel_init=trunc_normal,
+            dtype=self.dtype,
+            name=f'downsample{i}_conv',
+        )(x)
       x = self.perturb(f'stage{i + 1}_input', x)
       for j in range(depth):
         drop = self.stochastic_depth * block_id / (total - 1.0)
@@ -83,9 +104,16 @@ def _build(model_config, architecture, dtype, deploy):
   depths, dims, stochastic_depth = architecture
   if model_config.width:  # demos: stage widths width, 2*width, 4*width, 8*width
     dims = tuple(model_config.width * 2**i for i in range(4))
-  return ConvNeXt(depths=depths, dims=dims, num_classes=model_config.num_classes, skip=tuple(model_config.skip),
-                  stochastic_depth=stochastic_depth, dtype=dtype)
+  return ConvNeXt(
+      depths=depths,
+      dims=dims,
+      num_classes=model_config.num_classes,
+      skip=tuple(model_config.skip),
+      stochastic_depth=stochastic_depth,
+      dtype=dtype,
+  )
 
 
-FAMILY = registry.Family(name='convnext', architectures=CONVNEXT_CONFIGS, build=_build,
-                         num_stages=lambda architecture: len(architecture[0]))
+FAMILY = registry.Family(
+    name='convnext', architectures=CONVNEXT_CONFIGS, build=_build, num_stages=lambda architecture: len(architecture[0])
+)

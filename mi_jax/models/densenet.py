@@ -36,8 +36,15 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
 def _conv(features, kernel, dtype, name):
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), use_bias=False,
-                 kernel_init=conv_kernel_init, dtype=dtype, name=name)
+  return nn.Conv(
+      features,
+      (kernel, kernel),
+      padding=((pad, pad), (pad, pad)),
+      use_bias=False,
+      kernel_init=conv_kernel_init,
+      dtype=dtype,
+      name=name,
+  )
 
 
 def truncated_channels(channels: int, k: float) -> int:
@@ -46,9 +53,9 @@ def truncated_channels(channels: int, k: float) -> int:
 
 
 class DenseLayer(nn.Module):
-  growth_rate: int        # Channels this layer adds.
-  bn_size: int            # Bottleneck width multiplier (4).
-  norm: Any               # BatchNorm bound to train/eval.
+  growth_rate: int  # Channels this layer adds.
+  bn_size: int  # Bottleneck width multiplier (4).
+  norm: Any  # BatchNorm bound to train/eval.
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -64,7 +71,7 @@ class DenseBlock(nn.Module):
   growth_rate: int
   bn_size: int
   norm: Any
-  skip_mode: str = 'truncate'   # 'truncate' (official) or 'scale'; see the module docstring.
+  skip_mode: str = 'truncate'  # 'truncate' (official) or 'scale'; see the module docstring.
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -72,10 +79,11 @@ class DenseBlock(nn.Module):
     features = [x]
     for j in range(self.num_layers):
       new = DenseLayer(self.growth_rate, self.bn_size, self.norm, self.dtype, name=f'denselayer{j + 1}')(
-          jnp.concatenate(features, axis=-1))
+          jnp.concatenate(features, axis=-1)
+      )
       if self.skip_mode == 'truncate':
         if skip_scale != 1.0:
-          features[-1] = features[-1][..., :truncated_channels(features[-1].shape[-1], skip_scale)]
+          features[-1] = features[-1][..., : truncated_channels(features[-1].shape[-1], skip_scale)]
       elif self.skip_mode == 'scale':
         if not (isinstance(skip_scale, float) and skip_scale == 1.0):
           features[-1] = skip_scale * features[-1]
@@ -87,15 +95,16 @@ class DenseBlock(nn.Module):
 
 class DenseNet(nn.Module):
   """torchvision-layout DenseNet whose dense blocks take a skip setting each."""
-  growth_rate: int                      # 32 (121/169/201) or 48 (161).
-  block_config: Sequence[int]           # Layers per dense block.
-  num_init_features: int                # Stem channels (64, or 96 for 161).
+
+  growth_rate: int  # 32 (121/169/201) or 48 (161).
+  block_config: Sequence[int]  # Layers per dense block.
+  num_init_features: int  # Stem channels (64, or 96 for 161).
   num_classes: int
   skip: Sequence[Any] = (1.0, 1.0, 1.0, 1.0)  # Per-block setting: 1 keep, 0 remove, k, 'learn' (scale mode).
   skip_mode: str = 'truncate'
   bn_size: int = 4
-  width: int = 0                        # Demos: stem channels = width, growth = width // 2 (0 = the paper's).
-  stem: str = 'imagenet'                # 'imagenet': 7x7/2 conv + 3x3/2 max-pool; 'small': 3x3/1 conv.
+  width: int = 0  # Demos: stem channels = width, growth = width // 2 (0 = the paper's).
+  stem: str = 'imagenet'  # 'imagenet': 7x7/2 conv + 3x3/2 max-pool; 'small': 3x3/1 conv.
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -105,8 +114,16 @@ class DenseNet(nn.Module):
     growth = self.width // 2 if self.width else self.growth_rate
     x = jnp.asarray(x, self.dtype)
     if self.stem == 'imagenet':
-      x = nn.Conv(self.width or self.num_init_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
-                  use_bias=False, kernel_init=conv_kernel_init, dtype=self.dtype, name='conv0')(x)
+      x = nn.Conv(
+          self.width or self.num_init_features,
+          (7, 7),
+          strides=(2, 2),
+          padding=((3, 3), (3, 3)),
+          use_bias=False,
+          kernel_init=conv_kernel_init,
+          dtype=self.dtype,
+          name='conv0',
+      )(x)
       x = nn.relu(norm(name='norm0')(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     elif self.stem == 'small':
@@ -121,8 +138,9 @@ class DenseNet(nn.Module):
         raise ValueError("a learnable DenseNet skip needs skip_mode='scale' (truncation is not differentiable)")
       skip_scale = skip_lib.stage_skip_scale(self, i + 1, self.skip[i], self.dtype)
       x = self.perturb(f'stage{i + 1}_input', x)
-      x = DenseBlock(num_layers, growth, self.bn_size, norm, self.skip_mode, self.dtype,
-                     name=f'denseblock{i + 1}')(x, skip_scale)
+      x = DenseBlock(num_layers, growth, self.bn_size, norm, self.skip_mode, self.dtype, name=f'denseblock{i + 1}')(
+          x, skip_scale
+      )
       if i != len(self.block_config) - 1:
         x = Transition(x.shape[-1] // 2, norm, self.dtype, name=f'transition{i + 1}')(x)
       layers.sow_hidden(self, x)
@@ -161,12 +179,25 @@ def _build(model_config, architecture, dtype, deploy):
   if mode == 'truncate' and any(isinstance(s, str) for s in skip):
     raise ValueError("config.model.skip: a learnable DenseNet skip needs config.model.skip_mode='scale'")
   growth, blocks, init_features = architecture
-  return DenseNet(growth_rate=growth, block_config=blocks, num_init_features=init_features,
-                  num_classes=model_config.num_classes, skip=skip, skip_mode=mode,
-                  width=model_config.width,  # 0 = the architecture's own (DenseNet-161: 96 / 48)
-                  stem=model_config.stem, dtype=dtype)
+  return DenseNet(
+      growth_rate=growth,
+      block_config=blocks,
+      num_init_features=init_features,
+      num_classes=model_config.num_classes,
+      skip=skip,
+      skip_mode=mode,
+      width=model_config.width,  # 0 = the architecture's own (DenseNet-161: 96 / 48)
+      stem=model_config.stem,
+      dtype=dtype,
+  )
 
 
-FAMILY = registry.Family(name='densenet', architectures=DENSENET_CONFIGS, build=_build,
-                         num_stages=lambda architecture: len(architecture[1]), concatenative_skips=True,
-                         records_hidden=True, torch_layout='densenet')
+FAMILY = registry.Family(
+    name='densenet',
+    architectures=DENSENET_CONFIGS,
+    build=_build,
+    num_stages=lambda architecture: len(architecture[1]),
+    concatenative_skips=True,
+    records_hidden=True,
+    torch_layout='densenet',
+)

@@ -17,6 +17,7 @@ from mi_jax.models.inception import BasicConv, max_pool_3x3
 
 class Block35(nn.Module):
   """35x35 residual block (256 channels), residual scaled by `scale` before the sum."""
+
   scale: float
   conv: Any
 
@@ -34,6 +35,7 @@ class Block35(nn.Module):
 
 class Block17(nn.Module):
   """17x17 residual block (896 channels)."""
+
   scale: float
   conv: Any
 
@@ -50,6 +52,7 @@ class Block17(nn.Module):
 
 class Block8(nn.Module):
   """8x8 residual block (1792 channels); the last one has no ReLU."""
+
   scale: float
   conv: Any
   relu: bool = True
@@ -68,6 +71,7 @@ class Block8(nn.Module):
 
 class Mixed6a(nn.Module):
   """35x35 -> 17x17 reduction: 256 -> 384 + 256 + 256 = 896 channels."""
+
   conv: Any
 
   @nn.compact
@@ -81,6 +85,7 @@ class Mixed6a(nn.Module):
 
 class Mixed7a(nn.Module):
   """17x17 -> 8x8 reduction: 896 -> 384 + 256 + 256 + 896 = 1792 channels."""
+
   conv: Any
 
   @nn.compact
@@ -96,6 +101,7 @@ class Mixed7a(nn.Module):
 
 class InceptionResnetV1(nn.Module):
   """[N, 160, 160, 3] in [-1, 1] -> [N, 512] unit-norm embeddings."""
+
   dtype: Any = jnp.float32
 
   @nn.compact

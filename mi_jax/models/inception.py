@@ -47,8 +47,9 @@ def transform_input(x):
 
 class BasicConv(nn.Module):
   """Conv (no bias) -> BatchNorm(eps 1e-3) -> ReLU, torch padding."""
-  features: int                   # Output channels.
-  kernel: Sequence[int]           # (kh, kw).
+
+  features: int  # Output channels.
+  kernel: Sequence[int]  # (kh, kw).
   strides: int = 1
   padding: Sequence[int] = (0, 0)  # (ph, pw), torch style.
   train: bool = False
@@ -57,10 +58,18 @@ class BasicConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     ph, pw = self.padding
-    x = nn.Conv(self.features, tuple(self.kernel), strides=(self.strides, self.strides),
-                padding=((ph, ph), (pw, pw)), use_bias=False, dtype=self.dtype, name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not self.train, momentum=0.9, epsilon=BN_EPSILON, dtype=self.dtype,
-                     name='bn')(x)
+    x = nn.Conv(
+        self.features,
+        tuple(self.kernel),
+        strides=(self.strides, self.strides),
+        padding=((ph, ph), (pw, pw)),
+        use_bias=False,
+        dtype=self.dtype,
+        name='conv',
+    )(x)
+    x = nn.BatchNorm(use_running_average=not self.train, momentum=0.9, epsilon=BN_EPSILON, dtype=self.dtype, name='bn')(
+        x
+    )
     return nn.relu(x)
 
 
@@ -138,7 +147,7 @@ class InceptionD(nn.Module):
 
 
 class InceptionE(nn.Module):
-  pool: str = 'avg'          # 'avg' (torchvision), 'avg_exclude_pad' (FID Mixed_7b) or 'max' (FID Mixed_7c).
+  pool: str = 'avg'  # 'avg' (torchvision), 'avg_exclude_pad' (FID Mixed_7b) or 'max' (FID Mixed_7c).
   conv: Any = BasicConv
 
   @nn.compact
@@ -146,12 +155,22 @@ class InceptionE(nn.Module):
     c = self.conv
     b1 = c(320, (1, 1), name='branch1x1')(x)
     b3 = c(384, (1, 1), name='branch3x3_1')(x)
-    b3 = jnp.concatenate([c(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
-                          c(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3)], axis=-1)
+    b3 = jnp.concatenate(
+        [
+            c(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
+            c(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3),
+        ],
+        axis=-1,
+    )
     bd = c(448, (1, 1), name='branch3x3dbl_1')(x)
     bd = c(384, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
-    bd = jnp.concatenate([c(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
-                          c(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd)], axis=-1)
+    bd = jnp.concatenate(
+        [
+            c(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
+            c(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd),
+        ],
+        axis=-1,
+    )
     if self.pool == 'max':
       pooled = max_pool_3x3(x, 1, 1)
     else:
@@ -162,6 +181,7 @@ class InceptionE(nn.Module):
 
 class InceptionAux(nn.Module):
   """torchvision's auxiliary classifier on the 768-channel Mixed_6e output (training only)."""
+
   num_classes: int
   conv: Any = BasicConv
   dtype: Any = jnp.float32
@@ -169,8 +189,10 @@ class InceptionAux(nn.Module):
   @nn.compact
   def __call__(self, x):
     if x.shape[1] < 17 or x.shape[2] < 17:  # its 5x5 conv needs a 5x5 map after the 5x5/3 pool
-      raise ValueError(f'the auxiliary head needs a Mixed_6e output of at least 17x17 (299px inputs), '
-                       f'got {x.shape[1]}x{x.shape[2]}')
+      raise ValueError(
+          f'the auxiliary head needs a Mixed_6e output of at least 17x17 (299px inputs), '
+          f'got {x.shape[1]}x{x.shape[2]}'
+      )
     x = nn.avg_pool(x, (5, 5), strides=(3, 3))
     x = self.conv(128, (1, 1), name='conv0')(x)
     x = self.conv(768, (5, 5), name='conv1')(x)
@@ -180,10 +202,11 @@ class InceptionAux(nn.Module):
 
 class Inception3(nn.Module):
   """Inception-v3; inputs NHWC in [-1, 1], at least 75x75 (299x299 in the paper)."""
-  num_classes: int                # 1008 for the FID network's (unused) head.
-  fid: bool = False               # pytorch-fid's FID variant of the pools.
-  transform_input: bool = False   # torchvision's re-normalisation of [-1, 1] inputs to ImageNet statistics.
-  aux_logits: bool = False        # The auxiliary head (its logits are returned in training only).
+
+  num_classes: int  # 1008 for the FID network's (unused) head.
+  fid: bool = False  # pytorch-fid's FID variant of the pools.
+  transform_input: bool = False  # torchvision's re-normalisation of [-1, 1] inputs to ImageNet statistics.
+  aux_logits: bool = False  # The auxiliary head (its logits are returned in training only).
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
 
@@ -230,11 +253,20 @@ class Inception3(nn.Module):
 
 def _build(model_config, architecture, dtype, deploy):
   del architecture, deploy
-  return Inception3(num_classes=model_config.num_classes, transform_input=model_config.get('transform_input', False),
-                    aux_logits=model_config.get('aux_logits', False), dtype=dtype)
+  return Inception3(
+      num_classes=model_config.num_classes,
+      transform_input=model_config.get('transform_input', False),
+      aux_logits=model_config.get('aux_logits', False),
+      dtype=dtype,
+  )
 
 
 # The evaluation model: no skip control; torchvision's module names (the generic importer).
-FAMILY = registry.Family(name='inception', architectures={'inception_v3': None}, build=_build,
-                         num_stages=lambda architecture: 0, torch_layout='generic',
-                         options=(('transform_input', False), ('aux_logits', False)))
+FAMILY = registry.Family(
+    name='inception',
+    architectures={'inception_v3': None},
+    build=_build,
+    num_stages=lambda architecture: 0,
+    torch_layout='generic',
+    options=(('transform_input', False), ('aux_logits', False)),
+)

@@ -19,8 +19,15 @@ from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
 # (expansion t, channels c, blocks n, first stride s) -- torchvision's inverted_residual_setting.
-INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                             (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+INVERTED_RESIDUAL_SETTING = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
@@ -45,16 +52,24 @@ class ConvBN(nn.Module):
   kernel: int = 1
   strides: int = 1
   groups: int = 1
-  act: bool = True          # ReLU6 after BN (False for the linear projection).
+  act: bool = True  # ReLU6 after BN (False for the linear projection).
   norm: Any = nn.BatchNorm
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     pad = (self.kernel - 1) // 2
-    x = nn.Conv(self.features, (self.kernel, self.kernel), strides=(self.strides, self.strides),
-                padding=((pad, pad), (pad, pad)), feature_group_count=self.groups, use_bias=False,
-                kernel_init=conv_kernel_init, dtype=self.dtype, name='conv')(x)
+    x = nn.Conv(
+        self.features,
+        (self.kernel, self.kernel),
+        strides=(self.strides, self.strides),
+        padding=((pad, pad), (pad, pad)),
+        feature_group_count=self.groups,
+        use_bias=False,
+        kernel_init=conv_kernel_init,
+        dtype=self.dtype,
+        name='conv',
+    )(x)
     x = self.norm(name='bn')(x)
     return jnp.clip(x, 0.0, 6.0) if self.act else x
 
@@ -81,10 +96,10 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
   num_classes: int
-  skip: Sequence[Any] = (1.0,) * 7     # Per inverted-residual group; see the module docstring.
+  skip: Sequence[Any] = (1.0,) * 7  # Per inverted-residual group; see the module docstring.
   block_setting: Sequence[Sequence[int]] = INVERTED_RESIDUAL_SETTING  # (t, c, n, s) per group.
   width_mult: float = 1.0
-  dropout: float = 0.2                 # Before the classifier, as torchvision.
+  dropout: float = 0.2  # Before the classifier, as torchvision.
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -97,13 +112,13 @@ class MobileNetV2(nn.Module):
       skip_scale = skip_lib.stage_skip_scale(self, i + 1, self.skip[i], self.dtype)
       x = self.perturb(f'stage{i + 1}_input', x)
       for j in range(n):
-        x = InvertedResidual(make_divisible(c * self.width_mult), s if j == 0 else 1, t, norm, self.dtype,
-                             name=f'block{i + 1}_{j}')(x, skip_scale)
+        x = InvertedResidual(
+            make_divisible(c * self.width_mult), s if j == 0 else 1, t, norm, self.dtype, name=f'block{i + 1}_{j}'
+        )(x, skip_scale)
     x = ConvBN(make_divisible(1280 * max(1.0, self.width_mult)), 1, norm=norm, dtype=self.dtype, name='head')(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01), dtype=self.dtype,
-                    name='classifier')(x)
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01), dtype=self.dtype, name='classifier')(x)
 
 
 def _build(model_config, architecture, dtype, deploy):
@@ -112,10 +127,13 @@ def _build(model_config, architecture, dtype, deploy):
   width_mult = model_config.width / 32 if model_config.width else 1.0  # width = stem channels
   for i, has_residual in enumerate(groups_with_residual(width_mult)):
     if not has_residual and skip[i] != 1:
-      raise ValueError(f'config.model.skip[{i}]={skip[i]!r}: MobileNetV2 group {i + 1} has no residual '
-                       'connection to remove or scale')
+      raise ValueError(
+          f'config.model.skip[{i}]={skip[i]!r}: MobileNetV2 group {i + 1} has no residual '
+          'connection to remove or scale'
+      )
   return MobileNetV2(num_classes=model_config.num_classes, skip=skip, width_mult=width_mult, dtype=dtype)
 
 
-FAMILY = registry.Family(name='mobilenet', architectures={'mobilenet_v2': INVERTED_RESIDUAL_SETTING}, build=_build,
-                         num_stages=len)
+FAMILY = registry.Family(
+    name='mobilenet', architectures={'mobilenet_v2': INVERTED_RESIDUAL_SETTING}, build=_build, num_stages=len
+)

@@ -18,12 +18,12 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-  name: str                                   # 'resnet', 'densenet', ...
-  architectures: Mapping[str, Any]            # model name -> the family's constants for it
+  name: str  # 'resnet', 'densenet', ...
+  architectures: Mapping[str, Any]  # model name -> the family's constants for it
   # (model config, its name's constants, compute dtype, deploy) -> the Flax module.
   build: Callable[[Any, Any, Any, bool], nn.Module]
-  num_stages: Callable[[Any], int]            # the name's constants -> how many skip settings it takes
-  concatenative_skips: bool = False           # skips concatenate (DenseNet): SSF's k is 0.01, TTS scales
-  records_hidden: bool = False                # sows hidden features (layers.sow_hidden) for BiDO
-  torch_layout: str | None = None             # mi_jax.convert.torchvision kind; None: no importer
-  options: tuple[tuple[str, Any], ...] = ()   # config.model fields of this family only, and their neutral values
+  num_stages: Callable[[Any], int]  # the name's constants -> how many skip settings it takes
+  concatenative_skips: bool = False  # skips concatenate (DenseNet): SSF's k is 0.01, TTS scales
+  records_hidden: bool = False  # sows hidden features (layers.sow_hidden) for BiDO
+  torch_layout: str | None = None  # mi_jax.convert.torchvision kind; None: no importer
+  options: tuple[tuple[str, Any], ...] = ()  # config.model fields of this family only, and their neutral values

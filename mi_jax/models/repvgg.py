@@ -29,15 +29,22 @@ BN_EPSILON = layers.BN_EPSILON
 
 def _conv(features, kernel, strides, use_bias, dtype, name):
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=((pad, pad), (pad, pad)),
-                 use_bias=use_bias, dtype=dtype, name=name)
+  return nn.Conv(
+      features,
+      (kernel, kernel),
+      strides=(strides, strides),
+      padding=((pad, pad), (pad, pad)),
+      use_bias=use_bias,
+      dtype=dtype,
+      name=name,
+  )
 
 
 class RepVGGBlock(nn.Module):
   features: int
   strides: int
-  skip_scale: float       # Identity-branch factor (fixed: RepVGG is for the folding argument, not SSF).
-  deploy: bool            # True: the folded single 3x3 conv.
+  skip_scale: float  # Identity-branch factor (fixed: RepVGG is for the folding argument, not SSF).
+  deploy: bool  # True: the folded single 3x3 conv.
   norm: Any
   dtype: Any = jnp.float32
 
@@ -59,12 +66,12 @@ def has_identity(in_features: int, features: int, strides: int) -> bool:
 
 
 class RepVGG(nn.Module):
-  num_blocks: Sequence[int]           # Blocks in stages 1-4 (the stem is stage 0, one block).
-  width_multiplier: Sequence[float]   # (a, b): stage widths 64a, 128a, 256a, 512b; stem min(64, 64a).
+  num_blocks: Sequence[int]  # Blocks in stages 1-4 (the stem is stage 0, one block).
+  width_multiplier: Sequence[float]  # (a, b): stage widths 64a, 128a, 256a, 512b; stem min(64, 64a).
   num_classes: int
   skip: Sequence[Any] = (1.0, 1.0, 1.0, 1.0)  # Identity-branch factor of stages 1-4.
   deploy: bool = False
-  width: int = 0                      # Demos: stage-1 width (0 = 64a); later stages scale with it.
+  width: int = 0  # Demos: stage-1 width (0 = 64a); later stages scale with it.
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -135,9 +142,17 @@ def _build(model_config, architecture, dtype, deploy):
   if any(isinstance(s, str) for s in skip):
     raise ValueError('config.model.skip: RepVGG takes fixed identity-branch factors only')
   num_blocks, multiplier = architecture
-  return RepVGG(num_blocks=num_blocks, width_multiplier=multiplier, num_classes=model_config.num_classes, skip=skip,
-                deploy=deploy, width=model_config.width, dtype=dtype)
+  return RepVGG(
+      num_blocks=num_blocks,
+      width_multiplier=multiplier,
+      num_classes=model_config.num_classes,
+      skip=skip,
+      deploy=deploy,
+      width=model_config.width,
+      dtype=dtype,
+  )
 
 
-FAMILY = registry.Family(name='repvgg', architectures=REPVGG_CONFIGS, build=_build,
-                         num_stages=lambda architecture: len(architecture[0]))
+FAMILY = registry.Family(
+    name='repvgg', architectures=REPVGG_CONFIGS, build=_build, num_stages=lambda architecture: len(architecture[0])
+)

@@ -41,22 +41,25 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 def _conv(features, kernel, strides=1, dtype=jnp.float32, name=None):
   pad = kernel // 2
-  return nn.Conv(features,
-                 (kernel, kernel),
-                 strides=(strides, strides),
-                 padding=((pad, pad), (pad, pad)),  # torch padding, not 'SAME'
-                 use_bias=False,
-                 kernel_init=conv_kernel_init,
-                 dtype=dtype,
-                 name=name)
+  return nn.Conv(
+      features,
+      (kernel, kernel),
+      strides=(strides, strides),
+      padding=((pad, pad), (pad, pad)),  # torch padding, not 'SAME'
+      use_bias=False,
+      kernel_init=conv_kernel_init,
+      dtype=dtype,
+      name=name,
+  )
 
 
 class BasicBlock(nn.Module):
   """3x3 -> 3x3 block of ResNet-18/34."""
-  features: int                     # Output channels of the block.
-  strides: int = 1                  # Stride of the first conv (and of the projection).
-  norm: ModuleDef = nn.BatchNorm    # Normalisation layer, already bound to train/eval.
-  dtype: Any = jnp.float32          # Computation dtype of the convs.
+
+  features: int  # Output channels of the block.
+  strides: int = 1  # Stride of the first conv (and of the projection).
+  norm: ModuleDef = nn.BatchNorm  # Normalisation layer, already bound to train/eval.
+  dtype: Any = jnp.float32  # Computation dtype of the convs.
   expansion = 1
 
   @nn.compact
@@ -82,6 +85,7 @@ class BasicBlock(nn.Module):
 
 class Bottleneck(BasicBlock):
   """1x1 -> 3x3 (strided, v1.5) -> 1x1 block of ResNet-50/101/152."""
+
   expansion = 4
 
   @nn.compact
@@ -97,14 +101,15 @@ class Bottleneck(BasicBlock):
 
 class ResNet(nn.Module):
   """torchvision-layout ResNet whose stages take a skip setting each."""
-  stage_sizes: Sequence[int]          # Blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
-  block_cls: Callable                 # BasicBlock or Bottleneck.
-  num_classes: int                    # Size of the classifier head.
+
+  stage_sizes: Sequence[int]  # Blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+  block_cls: Callable  # BasicBlock or Bottleneck.
+  num_classes: int  # Size of the classifier head.
   skip: Sequence[Any] = (1.0, 1.0, 1.0, 1.0)  # Per-stage skip setting, see the module docstring.
-  width: int = 64                     # Channels of the stem and stage 1 (torchvision: 64).
-  stem: str = 'imagenet'              # 'imagenet': 7x7/2 conv + 3x3/2 max-pool; 'small': 3x3/1 conv, no pool (<= 64px inputs).
-  legacy_stage3_split: float = 1.0    # The RoLSS release's split=0.8 leftover (module docstring); 1.0 = off.
-  dtype: Any = jnp.float32            # Computation dtype; params stay float32.
+  width: int = 64  # Channels of the stem and stage 1 (torchvision: 64).
+  stem: str = 'imagenet'  # 'imagenet': 7x7/2 conv + 3x3/2 max-pool; 'small': 3x3/1 conv, no pool (<= 64px inputs).
+  legacy_stage3_split: float = 1.0  # The RoLSS release's split=0.8 leftover (module docstring); 1.0 = off.
+  dtype: Any = jnp.float32  # Computation dtype; params stay float32.
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -128,11 +133,13 @@ class ResNet(nn.Module):
       # Named perturbation point: the gradient w.r.t. it is dL/dz_i at the stage input.
       x = self.perturb(f'stage{i + 1}_input', x)
       for j in range(num_blocks):
-        block = self.block_cls(features=self.width * 2**i,
-                               strides=2 if i > 0 and j == 0 else 1,
-                               norm=norm,
-                               dtype=self.dtype,
-                               name=f'layer{i + 1}_{j}')
+        block = self.block_cls(
+            features=self.width * 2**i,
+            strides=2 if i > 0 and j == 0 else 1,
+            norm=norm,
+            dtype=self.dtype,
+            name=f'layer{i + 1}_{j}',
+        )
         x = block(x, 0.0 if i == 2 and j >= plain_from else skip_scale)
         layers.sow_hidden(self, x)
 
@@ -151,8 +158,10 @@ def legacy_split_start(num_blocks: int, split: float) -> int:
     raise ValueError(f'legacy_stage3_split={split}: expected a value in (0, 1] (1 = off; the release used 0.8)')
   start = int(split * num_blocks)
   if start < 1:
-    raise ValueError(f'legacy_stage3_split={split} keeps int({split} * {num_blocks}) = {start} stage-3 blocks; the '
-                     'released code would then build an extra block: expected at least 1')
+    raise ValueError(
+        f'legacy_stage3_split={split} keeps int({split} * {num_blocks}) = {start} stage-3 blocks; the '
+        'released code would then build an extra block: expected at least 1'
+    )
   return start
 
 
@@ -173,11 +182,24 @@ def _build(model_config, stages, dtype, deploy):
     legacy_split_start(stage_sizes[2], split)
   except ValueError as e:
     raise ValueError(f'config.model.{e}') from None
-  return ResNet(stage_sizes=stage_sizes, block_cls=block_cls, num_classes=model_config.num_classes,
-                skip=tuple(model_config.skip), width=model_config.width or 64, stem=model_config.stem,
-                legacy_stage3_split=split, dtype=dtype)
+  return ResNet(
+      stage_sizes=stage_sizes,
+      block_cls=block_cls,
+      num_classes=model_config.num_classes,
+      skip=tuple(model_config.skip),
+      width=model_config.width or 64,
+      stem=model_config.stem,
+      legacy_stage3_split=split,
+      dtype=dtype,
+  )
 
 
-FAMILY = registry.Family(name='resnet', architectures=RESNET_STAGES, build=_build,
-                         num_stages=lambda stages: len(stages[0]), records_hidden=True, torch_layout='resnet',
-                         options=(('legacy_stage3_split', 1.0),))
+FAMILY = registry.Family(
+    name='resnet',
+    architectures=RESNET_STAGES,
+    build=_build,
+    num_stages=lambda stages: len(stages[0]),
+    records_hidden=True,
+    torch_layout='resnet',
+    options=(('legacy_stage3_split', 1.0),),
+)

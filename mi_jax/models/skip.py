@@ -1,11 +1,11 @@
 """The per-stage skip setting shared by every target family.
 
-  1.0        keep the skip connection;
-  0.0        remove it;
-  k in (0,1) scale it by k (SSF, fixed);
-  'learn'    a learnable k per stage, initialised at 1 ('learn:0.2' at 0.2) and
-             clipped to [0, 1] in the forward pass (SSF, learnable), stored as
-             the parameter `skip_scale_stage{i}`.
+1.0        keep the skip connection;
+0.0        remove it;
+k in (0,1) scale it by k (SSF, fixed);
+'learn'    a learnable k per stage, initialised at 1 ('learn:0.2' at 0.2) and
+           clipped to [0, 1] in the forward pass (SSF, learnable), stored as
+           the parameter `skip_scale_stage{i}`.
 """
 
 from typing import Callable

@@ -26,15 +26,19 @@ def _manager(directory: str, keep: int, best_metric: str | None) -> ocp.Checkpoi
   kept = [policies.LatestN(keep)]
   best = {}
   if best_metric is not None:
-    kept.append(policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
-                               keep_checkpoints_without_metrics=False))
+    kept.append(
+        policies.BestN(
+            get_metric_fn=lambda m: m[best_metric], reverse=False, n=1, keep_checkpoints_without_metrics=False
+        )
+    )
     # best_fn also makes Orbax write the metrics, so BestN survives a restart.
     best = dict(best_fn=lambda m: m[best_metric], best_mode='max')
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policies.AnyPreservationPolicy(kept),
       enable_async_checkpointing=True,
       cleanup_tmp_directories=True,  # half-written saves of a killed job
-      **best)
+      **best,
+  )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
@@ -59,23 +63,30 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state, data_state: dict, config: ml_collections.ConfigDict, metrics: dict):
-    self._manager.save(step,
-                       args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               data=ocp.args.JsonSave(data_state),
-                                               config=ocp.args.JsonSave(reporting.config_json(config))),
-                       metrics={k: float(v) for k, v in metrics.items()})
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state),
+            config=ocp.args.JsonSave(reporting.config_json(config)),
+        ),
+        metrics={k: float(v) for k, v in metrics.items()},
+    )
 
   def restore(self, step: int, abstract_state):
     """(state, data_state, saved config dict) at `step`, placed like `abstract_state`."""
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=ocp.args.JsonRestore(),
-          config=ocp.args.JsonRestore()))
+      restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()
+          ),
+      )
     except (ValueError, KeyError, TypeError) as e:
       raise CheckpointError(
           f'checkpoint {self.directory}/{step} does not fit the model/optimizer of the current config '
-          f'({type(e).__name__}: {str(e)[:500]}). Use a fresh --workdir or the config it was written with.') from e
+          f'({type(e).__name__}: {str(e)[:500]}). Use a fresh --workdir or the config it was written with.'
+      ) from e
     return restored.state, restored.data, restored.config
 
   def metrics(self, step: int) -> dict:
@@ -107,8 +118,9 @@ def latest_step_in(workdir: str):
 
 def _read_only_manager(workdir: str) -> ocp.CheckpointManager:
   """A manager that reads the run in `workdir` (best step and metrics included) and never writes or cleans."""
-  options = ocp.CheckpointManagerOptions(create=False, read_only=True, best_fn=lambda m: m[BEST_METRIC],
-                                         best_mode='max')
+  options = ocp.CheckpointManagerOptions(
+      create=False, read_only=True, best_fn=lambda m: m[BEST_METRIC], best_mode='max'
+  )
   return ocp.CheckpointManager(os.path.abspath(checkpoint_dir(workdir)), options=options)
 
 
@@ -186,7 +198,8 @@ def run_identity(config: dict, fields=IDENTITY_FIELDS) -> dict:
 def check_same_run(saved: dict, config: ml_collections.ConfigDict, where: str, fields=IDENTITY_FIELDS):
   """Raises CheckpointError naming every identity leaf that differs from the config saved in a checkpoint."""
   try:
-    reporting.check_same_run(run_identity(saved, fields), run_identity(reporting.config_json(config), fields), where,
-                             'run')
+    reporting.check_same_run(
+        run_identity(saved, fields), run_identity(reporting.config_json(config), fields), where, 'run'
+    )
   except reporting.DifferentRunError as e:
     raise CheckpointError(str(e)) from None

@@ -30,23 +30,44 @@ GENERATOR_DIR = 'generator'
 def generator_config(config: ml_collections.ConfigDict, img_channels: int) -> networks.GeneratorConfig:
   g = config.generator
   return networks.GeneratorConfig(
-      z_dim=g.z_dim, c_dim=0, w_dim=g.w_dim, img_resolution=config.data.image_size, img_channels=img_channels,
-      mapping_layers=g.mapping_layers, mapping_lr_multiplier=g.mapping_lr_multiplier, w_avg_beta=g.w_avg_beta,
-      channel_base=g.channel_base, channel_max=g.channel_max, conv_clamp=g.conv_clamp or None)
+      z_dim=g.z_dim,
+      c_dim=0,
+      w_dim=g.w_dim,
+      img_resolution=config.data.image_size,
+      img_channels=img_channels,
+      mapping_layers=g.mapping_layers,
+      mapping_lr_multiplier=g.mapping_lr_multiplier,
+      w_avg_beta=g.w_avg_beta,
+      channel_base=g.channel_base,
+      channel_max=g.channel_max,
+      conv_clamp=g.conv_clamp or None,
+  )
 
 
 def discriminator(config: ml_collections.ConfigDict, img_channels: int) -> networks.Discriminator:
   d = config.discriminator
-  return networks.Discriminator(img_resolution=config.data.image_size, img_channels=img_channels,
-                                channel_base=d.channel_base, channel_max=d.channel_max,
-                                mbstd_group_size=d.mbstd_group_size, conv_clamp=config.generator.conv_clamp or None)
+  return networks.Discriminator(
+      img_resolution=config.data.image_size,
+      img_channels=img_channels,
+      channel_base=d.channel_base,
+      channel_max=d.channel_max,
+      mbstd_group_size=d.mbstd_group_size,
+      conv_clamp=config.generator.conv_clamp or None,
+  )
 
 
 def hyperparams(config: ml_collections.ConfigDict) -> training.GanHyperparams:
   h = config.gan
-  return training.GanHyperparams(g_lr=h.g_lr, d_lr=h.d_lr, betas=tuple(h.betas), r1_gamma=h.r1_gamma,
-                                 r1_interval=h.r1_interval, style_mixing=h.style_mixing, ema_kimg=h.ema_kimg,
-                                 ema_rampup=h.ema_rampup or None)
+  return training.GanHyperparams(
+      g_lr=h.g_lr,
+      d_lr=h.d_lr,
+      betas=tuple(h.betas),
+      r1_gamma=h.r1_gamma,
+      r1_interval=h.r1_interval,
+      style_mixing=h.style_mixing,
+      ema_kimg=h.ema_kimg,
+      ema_rampup=h.ema_rampup or None,
+  )
 
 
 def validate_config(config: ml_collections.ConfigDict):
@@ -54,16 +75,39 @@ def validate_config(config: ml_collections.ConfigDict):
   check = config_checks.check_field
   size = config.data.image_size
   check(size >= 4 and size & (size - 1) == 0, 'data.image_size', size, 'expected a power of two >= 4')
-  config_checks.check_positive_ints(config, (
-      'generator.z_dim', 'generator.w_dim', 'generator.mapping_layers', 'generator.channel_base',
-      'generator.channel_max', 'discriminator.channel_base', 'discriminator.channel_max', 'train.steps',
-      'train.batch_size', 'train.log_every_steps', 'train.checkpoint_every_steps', 'train.sample_every_steps',
-      'train.keep_checkpoints', 'train.num_samples', 'gan.r1_interval'))
+  config_checks.check_positive_ints(
+      config,
+      (
+          'generator.z_dim',
+          'generator.w_dim',
+          'generator.mapping_layers',
+          'generator.channel_base',
+          'generator.channel_max',
+          'discriminator.channel_base',
+          'discriminator.channel_max',
+          'train.steps',
+          'train.batch_size',
+          'train.log_every_steps',
+          'train.checkpoint_every_steps',
+          'train.sample_every_steps',
+          'train.keep_checkpoints',
+          'train.num_samples',
+          'gan.r1_interval',
+      ),
+  )
   group = config.discriminator.mbstd_group_size
-  check(group >= 0 and (group == 0 or config.train.batch_size % min(group, config.train.batch_size) == 0),
-        'discriminator.mbstd_group_size', group, 'expected 0 or a divisor of train.batch_size')
-  check(len(config.gan.betas) == 2 and all(0 <= b < 1 for b in config.gan.betas), 'gan.betas', config.gan.betas,
-        'expected two values in [0, 1)')
+  check(
+      group >= 0 and (group == 0 or config.train.batch_size % min(group, config.train.batch_size) == 0),
+      'discriminator.mbstd_group_size',
+      group,
+      'expected 0 or a divisor of train.batch_size',
+  )
+  check(
+      len(config.gan.betas) == 2 and all(0 <= b < 1 for b in config.gan.betas),
+      'gan.betas',
+      config.gan.betas,
+      'expected two values in [0, 1)',
+  )
   check(0 <= config.gan.style_mixing <= 1, 'gan.style_mixing', config.gan.style_mixing, 'expected a probability')
   sources.resolve(config.data)
 
@@ -72,8 +116,7 @@ def _sample_fn(G: networks.Generator):
   return jax.jit(lambda variables, z: G.apply(variables, z, noise_mode='const'))
 
 
-def train_gan(config: ml_collections.ConfigDict, workdir: str,
-              on_step: Callable[[int], None] | None = None) -> dict:
+def train_gan(config: ml_collections.ConfigDict, workdir: str, on_step: Callable[[int], None] | None = None) -> dict:
   """Trains (or resumes) the GAN in `workdir`; returns a summary. `on_step(step)` as in trainer.py."""
   mesh = sharding.make_mesh(config.num_devices)
 
@@ -89,13 +132,15 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str,
   G, D = networks.Generator(gen_config), discriminator(config, img_channels)
   hp = hyperparams(config)
   state = jax.device_put(training.create_state(G, D, hp, config.seed), sharding.replicated(mesh))
-  ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints,
-                                 best_metric=None)
+  ckpt = checkpoint.Checkpointer(
+      checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints, best_metric=None
+  )
   state, data_state, start_step = loop.restore_latest(ckpt, state, config, workdir, IDENTITY_FIELDS)
   if start_step:
     logging.info('Resuming from %s/checkpoints/%d (%.1f kimg)', workdir, start_step, start_step * batch_size / 1e3)
   train_iter = loop.resumed_iterator(
-      pipeline.train_dataset(source, config.data, batch_size, epochs, config.seed, augment=False), data_state)
+      pipeline.train_dataset(source, config.data, batch_size, epochs, config.seed, augment=False), data_state
+  )
   plain_step, r1_step = training.compile_train_steps(G, D, hp, sharding.replicated(mesh), sharding.data_sharded(mesh))
 
   # ---------------------------------------------------------------- reporting
@@ -112,16 +157,24 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str,
     writer.write_images(step, 'fakes', grid)
     return grid
 
-  logging.info('Training a %dx%d StyleGAN2 on %s: %d images, %d steps of %d (%.0f kimg), %d devices',
-               gen_config.img_resolution, gen_config.img_resolution, config.data.name, len(source), total_steps,
-               batch_size, total_steps * batch_size / 1e3, mesh.devices.size)
+  logging.info(
+      'Training a %dx%d StyleGAN2 on %s: %d images, %d steps of %d (%.0f kimg), %d devices',
+      gen_config.img_resolution,
+      gen_config.img_resolution,
+      config.data.name,
+      len(source),
+      total_steps,
+      batch_size,
+      total_steps * batch_size / 1e3,
+      mesh.devices.size,
+  )
 
   # ---------------------------------------------------------------- loop
   window = loop.MetricWindow()
   for step in range(start_step + 1, total_steps + 1):
     batch = next(train_iter)
     if step == 1:
-      grid = reporting.image_grid(batch['image'][:config.train.num_samples])
+      grid = reporting.image_grid(batch['image'][: config.train.num_samples])
       reporting.save_png(os.path.join(samples_dir, 'reals.png'), grid)
       writer.write_images(0, 'reals', grid)
       write_samples(0)
@@ -149,18 +202,24 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str,
   generator_dir = os.path.join(workdir, GENERATOR_DIR)
   if jax.process_index() == 0:
     if not os.path.exists(os.path.join(generator_dir, generator_io.CONFIG_FILE)):
-      generator_io.save_generator(generator_dir, gen_config, jax.device_get(state.ema_variables()),
-                                  source={'job': 'gan', 'data': config.data.name, 'steps': total_steps,
-                                          'seed': config.seed})
+      generator_io.save_generator(
+          generator_dir,
+          gen_config,
+          jax.device_get(state.ema_variables()),
+          source={'job': 'gan', 'data': config.data.name, 'steps': total_steps, 'seed': config.seed},
+      )
     reporting.save_png(os.path.join(workdir, 'samples.png'), write_samples(total_steps))
-  results = {'steps': total_steps, 'kimg': total_steps * batch_size / 1e3, 'generator': generator_dir,
-             'train_examples': len(source)}
+  results = {
+      'steps': total_steps,
+      'kimg': total_steps * batch_size / 1e3,
+      'generator': generator_dir,
+      'train_examples': len(source),
+  }
   reporting.write_results(workdir, results)
   writer.close()
   ckpt.close()
   logging.info('Done: %s', results)
   return results
-
 
 
 run = train_gan  # the `gan` job (mi_jax/jobs.py)

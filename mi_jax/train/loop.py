@@ -9,8 +9,13 @@ import numpy as np
 from mi_jax.train import checkpoint, reporting
 
 
-def restore_latest(ckpt: checkpoint.Checkpointer, state, config: ml_collections.ConfigDict, workdir: str,
-                   fields=checkpoint.IDENTITY_FIELDS):
+def restore_latest(
+    ckpt: checkpoint.Checkpointer,
+    state,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    fields=checkpoint.IDENTITY_FIELDS,
+):
   """(state, data-iterator state or None, start step): the latest checkpoint of this run, or `state` at step 0.
 
   A checkpoint written by another run (an identity field differs) is refused, naming the fields.

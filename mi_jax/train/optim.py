@@ -17,12 +17,15 @@ def create_optimizer(optim_config, learning_rate_fn: optax.Schedule) -> optax.Gr
   wd = optim_config.weight_decay
   if name == 'adam':
     # torch.optim.Adam: weight decay is an L2 term added to the gradient before the moments.
-    return optax.chain(optax.add_decayed_weights(wd) if wd else optax.identity(),
-                       optax.adam(learning_rate_fn, b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps))
+    return optax.chain(
+        optax.add_decayed_weights(wd) if wd else optax.identity(),
+        optax.adam(learning_rate_fn, b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps),
+    )
   if name == 'adamw':
-    return optax.adamw(learning_rate_fn, b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps,
-                       weight_decay=wd)
+    return optax.adamw(learning_rate_fn, b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps, weight_decay=wd)
   if name == 'sgd':
-    return optax.chain(optax.add_decayed_weights(wd) if wd else optax.identity(),
-                       optax.sgd(learning_rate_fn, momentum=optim_config.momentum or None, nesterov=False))
+    return optax.chain(
+        optax.add_decayed_weights(wd) if wd else optax.identity(),
+        optax.sgd(learning_rate_fn, momentum=optim_config.momentum or None, nesterov=False),
+    )
   raise ValueError(f"config.optim.name={name!r}: expected 'adam', 'adamw' or 'sgd'")

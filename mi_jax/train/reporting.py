@@ -23,6 +23,7 @@ def format_duration(seconds: float) -> str:
 # Every writer here writes on process 0 only (every process holds the same values: results are gathered
 # first) and atomically (a temporary file renamed into place), so a killed job never leaves half a file.
 
+
 def _on_process_zero() -> bool:
   return jax.process_index() == 0
 
@@ -61,11 +62,17 @@ def check_same_run(saved: dict, current: dict, where: str, what: str = 'run'):
   Both are the identity of a run: the config fields whose change makes its saved state meaningless.
   """
   old, new = _leaves(saved), _leaves(current)
-  diffs = [f'  config.{k}: {where} has {old.get(k)!r}, the config has {new.get(k)!r}'
-           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+  diffs = [
+      f'  config.{k}: {where} has {old.get(k)!r}, the config has {new.get(k)!r}'
+      for k in sorted(set(old) | set(new))
+      if old.get(k) != new.get(k)
+  ]
   if diffs:
-    raise DifferentRunError(f'{where} holds a different {what}:\n' + '\n'.join(diffs) +
-                            '\nUse a fresh --workdir, or relaunch with the config it was started with.')
+    raise DifferentRunError(
+        f'{where} holds a different {what}:\n'
+        + '\n'.join(diffs)
+        + '\nUse a fresh --workdir, or relaunch with the config it was started with.'
+    )
 
 
 def save_npz(path: str, **arrays):
@@ -88,7 +95,8 @@ def check_finite(step: int, metrics: dict, workdir: str, hint: str):
   if bad:
     raise FloatingPointError(
         f'non-finite training metrics at step {step}: {bad}. Nothing after the last checkpoint was saved; '
-        f'the checkpoints in {workdir}/checkpoints are intact. {hint}')
+        f'the checkpoints in {workdir}/checkpoints are intact. {hint}'
+    )
 
 
 class Progress:
@@ -115,8 +123,17 @@ class Progress:
     overall = (step - self._step0) / max(now - self._t0, 1e-9)
     eta = (self.total - step) / overall if overall > 0 else math.inf
     shown = ' '.join(f'{k}={float(v):.4g}' for k, v in metrics.items())
-    logging.info('%s step %d/%d (%.0f%%) | %.2f steps/s, %.1f ex/s | ETA %s | %s', self.name, step, self.total,
-                 100.0 * step / self.total, rate, rate * self.examples_per_step, format_duration(eta), shown)
+    logging.info(
+        '%s step %d/%d (%.0f%%) | %.2f steps/s, %.1f ex/s | ETA %s | %s',
+        self.name,
+        step,
+        self.total,
+        100.0 * step / self.total,
+        rate,
+        rate * self.examples_per_step,
+        format_duration(eta),
+        shown,
+    )
     self._t_last, self._step_last = now, step
 
 
@@ -141,8 +158,9 @@ class MetricWriter:
     elif os.path.exists(self.csv_path):
       os.remove(self.csv_path)  # a fresh run in a used workdir starts a fresh table
     self._flush_csv()
-    self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'),
-                                          purge_step=resume_step + 1 if resume_step else None)
+    self._tb = tensorboardX.SummaryWriter(
+        os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1 if resume_step else None
+    )
 
   def write_scalars(self, step: int, scalars: dict):
     if not self.enabled:
@@ -186,7 +204,7 @@ def image_grid(images: np.ndarray, ncols: int = 8, pad: int = 2) -> np.ndarray:
   tiles = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
   for i in range(n):
     r, col = divmod(i, ncols)
-    grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = tiles[i]
+    grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = tiles[i]
   return grid
 
 

@@ -33,9 +33,11 @@ def shard_batch(batch, mesh: Mesh):
   """This process's numpy batch -> global jax.Arrays split over the 'data' axis."""
   sharding = data_sharded(mesh)
   num_shards = mesh.devices.size
+
   def put(x):
     global_rows = x.shape[0] * jax.process_count()
     if global_rows % num_shards:
       raise ValueError(f'global batch of {global_rows} does not split over {num_shards} devices')
     return jax.make_array_from_process_local_data(sharding, x)
+
   return jax.tree.map(put, batch)

@@ -18,8 +18,10 @@ def create_train_state(model, tx: optax.GradientTransformation, input_shape, see
   """Initialises `model` on a zero batch of `input_shape` ([N, H, W, C])."""
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
   variables = models.init_variables(model, input_shape, init_rng, train=False)
-  return TrainState.create(apply_fn=model.apply,
-                           params=variables['params'],
-                           batch_stats=variables.get('batch_stats', {}),
-                           tx=tx,
-                           rng=state_rng)
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=variables['params'],
+      batch_stats=variables.get('batch_stats', {}),
+      tx=tx,
+      rng=state_rng,
+  )

@@ -38,11 +38,13 @@ def train_step(state, batch, learning_rate_fn, regularizer=None, aux_loss_weight
   mutable = ['batch_stats'] + ([layers.HIDDEN_COLLECTION] if regularizer is not None else [])
 
   def loss_fn(params):
-    outputs, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
-                                      batch['image'],
-                                      train=True,
-                                      mutable=mutable,
-                                      rngs={'dropout': jax.random.fold_in(state.rng, state.step)})
+    outputs, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats},
+        batch['image'],
+        train=True,
+        mutable=mutable,
+        rngs={'dropout': jax.random.fold_in(state.rng, state.step)},
+    )
     logits, loss, extra = classification_loss(outputs, batch['label'], aux_loss_weight)
     if regularizer is not None:
       penalty, penalty_metrics = regularizer(batch['image'], batch['label'], updates.get(layers.HIDDEN_COLLECTION, {}))
@@ -64,8 +66,7 @@ def train_step(state, batch, learning_rate_fn, regularizer=None, aux_loss_weight
 
 def eval_step(state, batch):
   """Sums over the real (mask = 1) examples: loss, top-1 and top-5 hits, count."""
-  logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
-                          batch['image'], train=False)
+  logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], train=False)
   mask = batch['mask']
   top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
   return {
@@ -79,10 +80,13 @@ def eval_step(state, batch):
 def compile_steps(mesh, learning_rate_fn, regularizer=None, aux_loss_weight: float = 1.0):
   """jit both steps: state replicated (and donated), batches split over the 'data' axis."""
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
-  p_train_step = jax.jit(functools.partial(train_step, learning_rate_fn=learning_rate_fn, regularizer=regularizer,
-                                           aux_loss_weight=aux_loss_weight),
-                         in_shardings=(repl, data),
-                         out_shardings=(repl, repl),
-                         donate_argnums=0)
+  p_train_step = jax.jit(
+      functools.partial(
+          train_step, learning_rate_fn=learning_rate_fn, regularizer=regularizer, aux_loss_weight=aux_loss_weight
+      ),
+      in_shardings=(repl, data),
+      out_shardings=(repl, repl),
+      donate_argnums=0,
+  )
   p_eval_step = jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl)
   return p_train_step, p_eval_step

@@ -25,27 +25,57 @@ def validate_config(config: ml_collections.ConfigDict):
   check = config_checks.check_field
   models.build_model(config.model)  # validates name, dtype, skip and the family's options
   sources.resolve(config.data)  # validates the data set name without touching data_dir
-  config_checks.check_positive_ints(config, ('train.batch_size', 'train.eval_every_epochs', 'train.log_every_steps',
-                                             'train.keep_checkpoints', 'data.image_size', 'model.num_classes'))
+  config_checks.check_positive_ints(
+      config,
+      (
+          'train.batch_size',
+          'train.eval_every_epochs',
+          'train.log_every_steps',
+          'train.keep_checkpoints',
+          'data.image_size',
+          'model.num_classes',
+      ),
+  )
   epochs, init_file = config.train.epochs, config.model.init_file
-  check(isinstance(epochs, int) and epochs >= 0, 'train.epochs', epochs,
-        'expected an integer >= 0 (0 = use config.model.init_file as it is)')
-  check(epochs > 0 or bool(init_file), 'train.epochs', epochs,
-        '0 means "use config.model.init_file as it is", but config.model.init_file is empty')
-  check(not init_file or os.path.isfile(os.path.expanduser(init_file)), 'model.init_file', init_file, 'no such file',
-        FileNotFoundError)
+  check(
+      isinstance(epochs, int) and epochs >= 0,
+      'train.epochs',
+      epochs,
+      'expected an integer >= 0 (0 = use config.model.init_file as it is)',
+  )
+  check(
+      epochs > 0 or bool(init_file),
+      'train.epochs',
+      epochs,
+      '0 means "use config.model.init_file as it is", but config.model.init_file is empty',
+  )
+  check(
+      not init_file or os.path.isfile(os.path.expanduser(init_file)),
+      'model.init_file',
+      init_file,
+      'no such file',
+      FileNotFoundError,
+  )
   check(config.train.aux_loss_weight >= 0, 'train.aux_loss_weight', config.train.aux_loss_weight, 'expected >= 0')
   check(config.model.width >= 0, 'model.width', config.model.width, 'expected >= 0 (0 = the architecture default)')
   check(config.num_devices >= 0, 'num_devices', config.num_devices, 'expected >= 0 (0 = all devices)')
   check(config.data.worker_count >= 0, 'data.worker_count', config.data.worker_count, 'expected >= 0')
   check(config.optim.lr > 0, 'optim.lr', config.optim.lr, 'expected > 0')
-  check(list(config.optim.lr_milestones) == sorted(config.optim.lr_milestones), 'optim.lr_milestones',
-        config.optim.lr_milestones, 'expected increasing epochs')
+  check(
+      list(config.optim.lr_milestones) == sorted(config.optim.lr_milestones),
+      'optim.lr_milestones',
+      config.optim.lr_milestones,
+      'expected increasing epochs',
+  )
   bido.validate_config(config)
   config_checks.check_range(config, 'data.augment.rrc_scale')
   ratio = config.data.augment.rrc_ratio
-  check(len(ratio) == 2 and 0 < ratio[0] <= ratio[1], 'data.augment.rrc_ratio', ratio,
-        'expected (low, high) with 0 < low <= high')
+  check(
+      len(ratio) == 2 and 0 < ratio[0] <= ratio[1],
+      'data.augment.rrc_ratio',
+      ratio,
+      'expected (low, high) with 0 < low <= high',
+  )
 
 
 def as_imported(config: ml_collections.ConfigDict):
@@ -68,15 +98,19 @@ def evaluate(eval_step, state, source, data_config, batch_size: int, mesh) -> di
     totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
   totals = jax.device_get(totals)
   count = max(float(totals['count']), 1.0)
-  return {'test_loss': totals['loss'] / count,
-          'test_accuracy': totals['top1'] / count,
-          'test_top5': totals['top5'] / count}
+  return {
+      'test_loss': totals['loss'] / count,
+      'test_accuracy': totals['top1'] / count,
+      'test_top5': totals['top5'] / count,
+  }
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str,
-                       on_step: Callable[[int], None] | None = None,
-                       init_variables: Callable[[dict], dict] | None = None) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    on_step: Callable[[int], None] | None = None,
+    init_variables: Callable[[dict], dict] | None = None,
+) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the final test metrics.
 
   `init_variables(fresh)` maps the freshly initialised {'params', 'batch_stats'}
@@ -90,8 +124,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   builder = sources.prepare(config.data)
   num_classes = sources.num_classes(builder)
   if config.model.num_classes != num_classes:
-    raise ValueError(f'config.model.num_classes={config.model.num_classes}, but {config.data.name} has '
-                     f'{num_classes} classes')
+    raise ValueError(
+        f'config.model.num_classes={config.model.num_classes}, but {config.data.name} has ' f'{num_classes} classes'
+    )
   train_source = sources.get_source(builder, config.data.train_split)
   test_source = sources.get_source(builder, config.data.test_split)
   batch_size = config.train.batch_size
@@ -106,8 +141,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   learning_rate_fn = optim.create_learning_rate_fn(config.optim, steps_per_epoch)
   tx = optim.create_optimizer(config.optim, learning_rate_fn)
   channels = builder.info.features['image'].shape[-1]
-  state = state_lib.create_train_state(model, tx, (1, config.data.image_size, config.data.image_size, channels),
-                                       config.seed)
+  state = state_lib.create_train_state(
+      model, tx, (1, config.data.image_size, config.data.image_size, channels), config.seed
+  )
   regularizer = bido.make_regularizer(config.bido, num_classes) if bido.is_enabled(config.bido) else None
   train_step, eval_step = steps.compile_steps(mesh, learning_rate_fn, regularizer, config.train.aux_loss_weight)
 
@@ -122,13 +158,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   state, data_state, _ = loop.restore_latest(ckpt, jax.device_put(state, sharding.replicated(mesh)), config, workdir)
   if start_step:
     logging.info('Resuming from %s/checkpoints/%d (epoch %.2f)', workdir, start_step, start_step / steps_per_epoch)
-  train_iter = None if imported else loop.resumed_iterator(
-      pipeline.train_dataset(train_source, config.data, batch_size, config.train.epochs, config.seed), data_state)
+  train_iter = (
+      None
+      if imported
+      else loop.resumed_iterator(
+          pipeline.train_dataset(train_source, config.data, batch_size, config.train.epochs, config.seed), data_state
+      )
+  )
 
   writer = reporting.MetricWriter(workdir, resume_step=start_step)
   progress = reporting.Progress(total_steps, batch_size)
-  logging.info('Training %s on %s: %d examples, %d steps/epoch, %d steps, %d devices',
-               config.model.name, config.data.name, len(train_source), steps_per_epoch, total_steps, mesh.devices.size)
+  logging.info(
+      'Training %s on %s: %d examples, %d steps/epoch, %d steps, %d devices',
+      config.model.name,
+      config.data.name,
+      len(train_source),
+      steps_per_epoch,
+      total_steps,
+      mesh.devices.size,
+  )
 
   # ---------------------------------------------------------------- loop
   window = loop.MetricWindow()
@@ -153,8 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if step % eval_every == 0 or step == total_steps:
       test_metrics = evaluate(eval_step, state, test_source, config.data, batch_size, mesh)
       writer.write_scalars(step, test_metrics)
-      logging.info('epoch %.2f: %s', step / steps_per_epoch,
-                   ', '.join(f'{k}={v:.4f}' for k, v in test_metrics.items()))
+      logging.info('epoch %.2f: %s', step / steps_per_epoch, ', '.join(f'{k}={v:.4f}' for k, v in test_metrics.items()))
       ckpt.save(step, state, train_iter.get_state(), config, test_metrics)
     if on_step is not None:
       ckpt.wait()
@@ -167,11 +214,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     ckpt.save(0, state, {}, config, test_metrics)
     ckpt.wait()
   best_step = ckpt.best_step()
-  results = {**{k: float(v) for k, v in test_metrics.items()},
-             'step': total_steps, 'best_step': best_step,
-             'best': {k: float(v) for k, v in ckpt.metrics(best_step).items()} if best_step is not None else {},
-             'num_classes': num_classes, 'train_examples': len(train_source), 'test_examples': len(test_source),
-             'steps_per_epoch': steps_per_epoch}
+  results = {
+      **{k: float(v) for k, v in test_metrics.items()},
+      'step': total_steps,
+      'best_step': best_step,
+      'best': {k: float(v) for k, v in ckpt.metrics(best_step).items()} if best_step is not None else {},
+      'num_classes': num_classes,
+      'train_examples': len(train_source),
+      'test_examples': len(test_source),
+      'steps_per_epoch': steps_per_epoch,
+  }
   reporting.write_results(workdir, results)
   writer.close()
   ckpt.close()

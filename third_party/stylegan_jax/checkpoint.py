@@ -39,8 +39,10 @@ def load_generator(directory: str) -> tuple[networks.GeneratorConfig, dict, dict
   directory = os.path.abspath(os.path.expanduser(directory))
   config_path = os.path.join(directory, CONFIG_FILE)
   if not os.path.exists(config_path):
-    raise FileNotFoundError(f'{directory} is not a generator directory (no {CONFIG_FILE}); make one with '
-                            'mi_jax.stylegan.nvidia_pickle or the gan job')
+    raise FileNotFoundError(
+        f'{directory} is not a generator directory (no {CONFIG_FILE}); make one with '
+        'mi_jax.stylegan.nvidia_pickle or the gan job'
+    )
   with open(config_path) as f:
     meta = json.load(f)
   if meta.get('format') != FORMAT_VERSION:

@@ -59,6 +59,7 @@ def _reconstruct_persistent_obj(meta: dict) -> PersistentStub:
 
 def _load_storage_from_bytes(data: bytes):
   import torch  # pylint: disable=g-import-not-at-top
+
   return torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
 
 
@@ -66,6 +67,7 @@ def _allowed_globals() -> dict:
   import collections  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import torch._utils  # pylint: disable=g-import-not-at-top
+
   allowed = {
       ('torch_utils.persistence', '_reconstruct_persistent_obj'): _reconstruct_persistent_obj,
       ('dnnlib.util', 'EasyDict'): EasyDict,
@@ -98,7 +100,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     except KeyError:
       raise UnsafePickleError(
           f'refusing to load global {module}.{name}: not a StyleGAN2-ADA network pickle, or one with objects '
-          f'this importer does not know. Nothing from the pickle was executed.') from None
+          f'this importer does not know. Nothing from the pickle was executed.'
+      ) from None
 
 
 def load_pickle(path: str) -> Any:
@@ -152,14 +155,24 @@ def _plain(value):
   return value
 
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Constructor kwargs -> GeneratorConfig.
 
-_MAPPING_DEFAULTS = dict(num_layers=8, embed_features=None, layer_features=None, activation='lrelu',
-                         lr_multiplier=0.01, w_avg_beta=0.995)
-_SYNTHESIS_DEFAULTS = dict(channel_base=32768, channel_max=512, num_fp16_res=0, conv_clamp=None,
-                           architecture='skip', resample_filter=[1, 3, 3, 1], use_noise=True, activation='lrelu',
-                           fp16_channels_last=False, fused_modconv_default=True)
+_MAPPING_DEFAULTS = dict(
+    num_layers=8, embed_features=None, layer_features=None, activation='lrelu', lr_multiplier=0.01, w_avg_beta=0.995
+)
+_SYNTHESIS_DEFAULTS = dict(
+    channel_base=32768,
+    channel_max=512,
+    num_fp16_res=0,
+    conv_clamp=None,
+    architecture='skip',
+    resample_filter=[1, 3, 3, 1],
+    use_noise=True,
+    activation='lrelu',
+    fp16_channels_last=False,
+    fused_modconv_default=True,
+)
 _IGNORED = {
     'num_fp16_res': 'fp16 runs only on CUDA in the reference; fp32 here (bf16 on request)',
     'fp16_channels_last': 'a memory layout',
@@ -174,21 +187,30 @@ def config_from_init_kwargs(kwargs: dict) -> networks.GeneratorConfig:
   synthesis = {**_SYNTHESIS_DEFAULTS, **(top.pop('synthesis_kwargs', None) or {})}
   try:
     config = networks.GeneratorConfig(
-        z_dim=top.pop('z_dim'), c_dim=top.pop('c_dim'), w_dim=top.pop('w_dim'),
-        img_resolution=top.pop('img_resolution'), img_channels=top.pop('img_channels'),
-        mapping_layers=mapping.pop('num_layers'), mapping_lr_multiplier=mapping.pop('lr_multiplier'),
+        z_dim=top.pop('z_dim'),
+        c_dim=top.pop('c_dim'),
+        w_dim=top.pop('w_dim'),
+        img_resolution=top.pop('img_resolution'),
+        img_channels=top.pop('img_channels'),
+        mapping_layers=mapping.pop('num_layers'),
+        mapping_lr_multiplier=mapping.pop('lr_multiplier'),
         w_avg_beta=mapping.pop('w_avg_beta'),
-        channel_base=synthesis.pop('channel_base'), channel_max=synthesis.pop('channel_max'),
-        conv_clamp=synthesis.pop('conv_clamp'), use_noise=synthesis.pop('use_noise'),
-        resample_filter=tuple(synthesis.pop('resample_filter')))
+        channel_base=synthesis.pop('channel_base'),
+        channel_max=synthesis.pop('channel_max'),
+        conv_clamp=synthesis.pop('conv_clamp'),
+        use_noise=synthesis.pop('use_noise'),
+        resample_filter=tuple(synthesis.pop('resample_filter')),
+    )
   except KeyError as e:
     raise ValueError(f'generator kwargs lack {e}; got {sorted(kwargs)}') from None
   unsupported = []
-  for name, value, expected in (('mapping_kwargs.embed_features', mapping.pop('embed_features'), (None, config.w_dim)),
-                                ('mapping_kwargs.layer_features', mapping.pop('layer_features'), (None, config.w_dim)),
-                                ('mapping_kwargs.activation', mapping.pop('activation'), ('lrelu',)),
-                                ('synthesis_kwargs.architecture', synthesis.pop('architecture'), ('skip',)),
-                                ('synthesis_kwargs.activation', synthesis.pop('activation'), ('lrelu',))):
+  for name, value, expected in (
+      ('mapping_kwargs.embed_features', mapping.pop('embed_features'), (None, config.w_dim)),
+      ('mapping_kwargs.layer_features', mapping.pop('layer_features'), (None, config.w_dim)),
+      ('mapping_kwargs.activation', mapping.pop('activation'), ('lrelu',)),
+      ('synthesis_kwargs.architecture', synthesis.pop('architecture'), ('skip',)),
+      ('synthesis_kwargs.activation', synthesis.pop('activation'), ('lrelu',)),
+  ):
     if value not in expected:
       unsupported.append(f'{name}={value!r} (supported: {expected})')
   for name in _IGNORED:
@@ -201,8 +223,9 @@ def config_from_init_kwargs(kwargs: dict) -> networks.GeneratorConfig:
   return config
 
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # state_dict -> Flax variables.
+
 
 def _torch_to_flax(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
   """(collection + module path, re-laid array) for one state_dict entry (constant filters are checked apart)."""
@@ -247,8 +270,9 @@ def to_variables(state_dict: dict[str, np.ndarray], config: networks.GeneratorCo
       flat[path] = np.asarray(array, np.float32)
   problems += [f'{"/".join(p)}: missing from the state_dict' for p in expected if p not in found]
   if problems:
-    raise ValueError(f'state_dict does not match the generator config ({len(problems)} problems):\n  ' +
-                     '\n  '.join(problems[:40]))
+    raise ValueError(
+        f'state_dict does not match the generator config ({len(problems)} problems):\n  ' + '\n  '.join(problems[:40])
+    )
   return flax.traverse_util.unflatten_dict(flat)
 
 
@@ -257,8 +281,9 @@ def import_pickle(pickle_path: str, out_dir: str, network: str = 'G_ema') -> net
   state_dict, kwargs = read_network(pickle_path, network)
   config = config_from_init_kwargs(kwargs)
   variables = to_variables(state_dict, config)
-  checkpoint.save_generator(out_dir, config, variables,
-                            source={'pickle': str(pickle_path), 'network': network, 'init_kwargs': kwargs})
+  checkpoint.save_generator(
+      out_dir, config, variables, source={'pickle': str(pickle_path), 'network': network, 'init_kwargs': kwargs}
+  )
   return config
 
 
@@ -271,4 +296,5 @@ def main(argv):
 
 if __name__ == '__main__':
   import sys  # pylint: disable=g-import-not-at-top
+
   main(sys.argv)

@@ -77,19 +77,23 @@ def _correlate_axis(x: jax.Array, taps: np.ndarray, axis: int, stride: int) -> j
   n_out = (x.shape[axis] - len(taps)) // stride + 1
   if n_out <= 0:
     raise ValueError(f'upfirdn2d: {x.shape[axis]} pixels (after padding) are fewer than the {len(taps)} filter taps')
-  terms = [jax.lax.slice_in_dim(x, k, k + stride * (n_out - 1) + 1, stride, axis) * jnp.asarray(t, x.dtype)
-           for k, t in enumerate(taps) if t != 0]
+  terms = [
+      jax.lax.slice_in_dim(x, k, k + stride * (n_out - 1) + 1, stride, axis) * jnp.asarray(t, x.dtype)
+      for k, t in enumerate(taps)
+      if t != 0
+  ]
   return functools.reduce(jnp.add, terms)
 
 
-def upfirdn2d(x: jax.Array,          # [N, H, W, C] input.
-              f: np.ndarray,         # [fh, fw] FIR filter (see setup_filter).
-              up=1,                  # Upsampling factor: int or (x, y).
-              down=1,                # Downsampling factor: int or (x, y).
-              padding=0,             # Pad (>0) or crop (<0) after upsampling: int, (x, y) or (x0, x1, y0, y1).
-              flip_filter: bool = False,  # False = convolution (as the reference), True = correlation.
-              gain: float = 1.0,     # Scales the filter (the image's overall gain).
-              ) -> jax.Array:
+def upfirdn2d(
+    x: jax.Array,  # [N, H, W, C] input.
+    f: np.ndarray,  # [fh, fw] FIR filter (see setup_filter).
+    up=1,  # Upsampling factor: int or (x, y).
+    down=1,  # Downsampling factor: int or (x, y).
+    padding=0,  # Pad (>0) or crop (<0) after upsampling: int, (x, y) or (x0, x1, y0, y1).
+    flip_filter: bool = False,  # False = convolution (as the reference), True = correlation.
+    gain: float = 1.0,  # Scales the filter (the image's overall gain).
+) -> jax.Array:
   """Upsample, FIR-filter and downsample each channel.
 
   One `lax.pad` does the zero insertion (interior padding; the extra up-1 at the
@@ -106,14 +110,15 @@ def upfirdn2d(x: jax.Array,          # [N, H, W, C] input.
   if not flip_filter:
     f = f[::-1, ::-1]  # a convolution is a correlation with the flipped filter
   zero = jnp.zeros((), x.dtype)
-  x = jax.lax.pad(x, zero, ((0, 0, 0), (pady0, pady1 + upy - 1, upy - 1), (padx0, padx1 + upx - 1, upx - 1),
-                            (0, 0, 0)))
+  x = jax.lax.pad(x, zero, ((0, 0, 0), (pady0, pady1 + upy - 1, upy - 1), (padx0, padx1 + upx - 1, upx - 1), (0, 0, 0)))
   factors = _separable(f)
   if factors is not None:
     x = _correlate_axis(x, factors[0], axis=1, stride=downy)
     return _correlate_axis(x, factors[1], axis=2, stride=downx)
-  rows = [_correlate_axis(jax.lax.slice_in_dim(x, k, x.shape[1] - f.shape[0] + 1 + k, axis=1), f[k], 2, downx)
-          for k in range(f.shape[0])]
+  rows = [
+      _correlate_axis(jax.lax.slice_in_dim(x, k, x.shape[1] - f.shape[0] + 1 + k, axis=1), f[k], 2, downx)
+      for k in range(f.shape[0])
+  ]
   return jax.lax.slice_in_dim(functools.reduce(jnp.add, rows), 0, None, downy, axis=1)
 
 
@@ -133,13 +138,14 @@ def downsample2d(x: jax.Array, f: np.ndarray, down: int = 2, padding: int = 0, g
   return upfirdn2d(x, f, down=down, padding=pads, gain=gain)
 
 
-def bias_act(x: jax.Array,                # [..., C] activations.
-             b: jax.Array | None = None,  # [C] bias, added on the channel (last) axis.
-             act: str = 'linear',         # 'linear', 'relu' or 'lrelu'.
-             alpha: float = LRELU_ALPHA,  # lrelu slope.
-             gain: float | None = None,   # None = the activation's default gain.
-             clamp: float | None = None,  # Clamp the output to [-clamp, clamp]; None = off.
-             ) -> jax.Array:
+def bias_act(
+    x: jax.Array,  # [..., C] activations.
+    b: jax.Array | None = None,  # [C] bias, added on the channel (last) axis.
+    act: str = 'linear',  # 'linear', 'relu' or 'lrelu'.
+    alpha: float = LRELU_ALPHA,  # lrelu slope.
+    gain: float | None = None,  # None = the activation's default gain.
+    clamp: float | None = None,  # Clamp the output to [-clamp, clamp]; None = off.
+) -> jax.Array:
   """x + b, activation, * gain, clamp (the reference order; the clamp also runs in fp32)."""
   if act not in ACTIVATIONS:
     raise ValueError(f'unknown activation {act!r}; known: {sorted(ACTIVATIONS)}')
@@ -155,13 +161,14 @@ def bias_act(x: jax.Array,                # [..., C] activations.
   return x
 
 
-def conv2d_resample(x: jax.Array,       # [N, H, W, I] input.
-                    w: jax.Array,       # [kh, kw, I, O] kernel, torch orientation re-laid to HWIO.
-                    f: np.ndarray | None = None,  # FIR filter for up/down; None only if up == down == 1.
-                    up: int = 1,        # Integer upsampling factor (up == 2 or down == 2, not both).
-                    down: int = 1,      # Integer downsampling factor.
-                    padding: int = 0,   # Padding of the (un-resampled) conv.
-                    ) -> jax.Array:
+def conv2d_resample(
+    x: jax.Array,  # [N, H, W, I] input.
+    w: jax.Array,  # [kh, kw, I, O] kernel, torch orientation re-laid to HWIO.
+    f: np.ndarray | None = None,  # FIR filter for up/down; None only if up == down == 1.
+    up: int = 1,  # Integer upsampling factor (up == 2 or down == 2, not both).
+    down: int = 1,  # Integer downsampling factor.
+    padding: int = 0,  # Padding of the (un-resampled) conv.
+) -> jax.Array:
   """2-D convolution with optional FIR up/downsampling, as StyleGAN2's `conv2d_resample`.
 
   Up: the reference runs a stride-`up` transposed conv (a true convolution of the
@@ -174,12 +181,15 @@ def conv2d_resample(x: jax.Array,       # [N, H, W, I] input.
   if up > 1 and down > 1:
     raise NotImplementedError('up and down together')
   if up == 1 and down == 1:
-    return jax.lax.conv_general_dilated(x, w, (1, 1), ((padding, padding), (padding, padding)),
-                                        dimension_numbers=_DIMS)
+    return jax.lax.conv_general_dilated(x, w, (1, 1), ((padding, padding), (padding, padding)), dimension_numbers=_DIMS)
   fh, fw = f.shape
   if down > 1:
-    pads = (padding + (fw - down + 1) // 2, padding + (fw - down) // 2,
-            padding + (fh - down + 1) // 2, padding + (fh - down) // 2)
+    pads = (
+        padding + (fw - down + 1) // 2,
+        padding + (fw - down) // 2,
+        padding + (fh - down + 1) // 2,
+        padding + (fh - down) // 2,
+    )
     x = upfirdn2d(x, f, padding=pads)
     return jax.lax.conv_general_dilated(x, w, (down, down), 'VALID', dimension_numbers=_DIMS)
   if kw == 1:  # 1x1: convolve, then upsample
@@ -195,15 +205,16 @@ def conv2d_resample(x: jax.Array,       # [N, H, W, I] input.
   return upfirdn2d(x, f, padding=(fir0, fir1, fir0, fir1), gain=up * up)
 
 
-def modulated_conv2d(x: jax.Array,          # [N, H, W, I] input.
-                     weight: jax.Array,     # [kh, kw, I, O] shared kernel (no equalized-LR gain: demod removes it).
-                     styles: jax.Array,     # [N, I] per-sample input-channel scales.
-                     noise: jax.Array | None = None,  # Broadcastable to the output; added after demodulation.
-                     up: int = 1,           # 1 or 2.
-                     padding: int = 0,      # Conv padding.
-                     resample_filter: np.ndarray | None = None,  # FIR filter for up=2.
-                     demodulate: bool = True,  # Normalize each output channel to unit expected variance.
-                     ) -> jax.Array:
+def modulated_conv2d(
+    x: jax.Array,  # [N, H, W, I] input.
+    weight: jax.Array,  # [kh, kw, I, O] shared kernel (no equalized-LR gain: demod removes it).
+    styles: jax.Array,  # [N, I] per-sample input-channel scales.
+    noise: jax.Array | None = None,  # Broadcastable to the output; added after demodulation.
+    up: int = 1,  # 1 or 2.
+    padding: int = 0,  # Conv padding.
+    resample_filter: np.ndarray | None = None,  # FIR filter for up=2.
+    demodulate: bool = True,  # Normalize each output channel to unit expected variance.
+) -> jax.Array:
   """StyleGAN2's modulated convolution, non-fused form (one shared-weight conv).
 
   Scaling the input by the styles, convolving with the shared weight and scaling
