@@ -19,7 +19,7 @@ ImageNet file, the evaluation model's file) stops the study before any work, nam
 `study.from_scratch=True` trains without them instead.
 
 Demo, the same matrix for a narrow ResNet-18 and DenseNet-121 on the bundled MNIST digits
-(private 0-4) with the committed demo generator (public 5-9), on CPU (about 25 minutes on 2 cores):
+(private 0-4) with the committed demo generator (public 5-9), on CPU (about 15 minutes on 2 cores):
 
   python launch.py --config=configs/paper.py:demo --workdir=workdir/paper_demo
 

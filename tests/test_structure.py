@@ -3,6 +3,10 @@
 import ast
 import os
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 
 from conftest import REPO_ROOT
 from mi_jax import models
@@ -137,12 +141,24 @@ def test_no_family_is_recognised_by_its_name():
 
 def test_the_wheel_installs_only_mi_jax(tmp_path):
   """third_party/stylegan_jax ships as mi_jax.stylegan: no top-level `third_party` in site-packages."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  import zipfile  # pylint: disable=g-import-not-at-top
-
+  source = tmp_path / 'source'  # a copy: setuptools' build/ stays out of the working tree
+  for name in ('mi_jax', 'third_party'):
+    shutil.copytree(os.path.join(REPO_ROOT, name), source / name, symlinks=True)
+  for name in ('setup.cfg', 'pyproject.toml', 'README.md'):
+    shutil.copy(os.path.join(REPO_ROOT, name), source / name)
   subprocess.run(
-      [sys.executable, '-m', 'pip', 'wheel', REPO_ROOT, '--no-deps', '--no-build-isolation', '-q', '-w', str(tmp_path)],
+      [
+          sys.executable,
+          '-m',
+          'pip',
+          'wheel',
+          str(source),
+          '--no-deps',
+          '--no-build-isolation',
+          '-q',
+          '-w',
+          str(tmp_path),
+      ],
       check=True,
       cwd=tmp_path,
       capture_output=True,
