@@ -36,13 +36,14 @@ def knn_distance(
     refs = private_features[np.asarray(private_labels) == c]
     if not len(refs):
       raise ValueError(f'class {c} has attack images but no private training images')
-    d2 = (
-        np.sum(attack_features[rows] ** 2, 1)[:, None]
-        - 2 * attack_features[rows] @ refs.T
-        + np.sum(refs**2, 1)[None, :]
-    )
-    minima[rows] = np.maximum(d2.min(axis=1), 0.0)  # the expansion can dip below 0 by rounding
+    minima[rows] = squared_distances(attack_features[rows], refs).min(axis=1)
   return float(np.mean(minima))
+
+
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Squared Euclidean distances [len(a), len(b)] in float64 (the expansion, floored at 0 against rounding)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.maximum(np.sum(a**2, 1)[:, None] - 2 * a @ b.T + np.sum(b**2, 1)[None, :], 0.0)
 
 
 def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,9 +84,7 @@ def delta_ratio(acc_nodef: float, attack_acc_nodef: float, acc_def: float, attac
 
 def _pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """Euclidean distances [len(a), len(b)] in float64."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  d2 = np.sum(a**2, 1)[:, None] - 2 * a @ b.T + np.sum(b**2, 1)[None, :]
-  return np.sqrt(np.maximum(d2, 0.0))
+  return np.sqrt(squared_distances(a, b))
 
 
 def _kth_neighbour_radii(features: np.ndarray, k: int) -> np.ndarray:
