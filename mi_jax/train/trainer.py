@@ -148,16 +148,16 @@ def train_and_evaluate(
   train_step, eval_step = steps.compile_steps(mesh, learning_rate_fn, regularizer, config.train.aux_loss_weight)
 
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints)
-  start_step = ckpt.latest_step() or 0
   imported = total_steps == 0  # train.epochs = 0: the init_file is the model, used as it is
   if init_variables is None and config.model.init_file:
     init_variables = functools.partial(convert.init_from_file, config.model, as_is=imported)
-  if not start_step and init_variables is not None:
-    start = init_variables({'params': state.params, 'batch_stats': state.batch_stats})
-    state = state.replace(params=start['params'], batch_stats=start['batch_stats'])
-  state, data_state, _ = loop.restore_latest(ckpt, jax.device_put(state, sharding.replicated(mesh)), config, workdir)
+  replicated = sharding.replicated(mesh)
+  state, data_state, start_step = loop.restore_latest(ckpt, jax.device_put(state, replicated), config, workdir)
   if start_step:
     logging.info('Resuming from %s/checkpoints/%d (epoch %.2f)', workdir, start_step, start_step / steps_per_epoch)
+  elif init_variables is not None:  # a fresh run starts from given weights (a file, TTS's stage 1)
+    start = init_variables({'params': state.params, 'batch_stats': state.batch_stats})
+    state = jax.device_put(state.replace(params=start['params'], batch_stats=start['batch_stats']), replicated)
   train_iter = (
       None
       if imported
