@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -76,7 +77,8 @@ def attack_images(attack_workdir: str, antialias: bool, batch_size: int) -> tupl
 
 
 def _rgb(images):
-  return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+  """Grey images as RGB, for the networks that take 3 channels (FaceNet, the FID Inception)."""
+  return jnp.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
 def batched(fn, inputs, batch_size: int) -> np.ndarray:
@@ -151,7 +153,7 @@ def private_features(data_config: dict, classes, size: int, embed, batch_size: i
     images.clear()
 
   for image, label in private_originals(data_config, classes):
-    images.append(_rgb(resize_original(image, size, resize)) if embed.rgb else resize_original(image, size, resize))
+    images.append(resize_original(image, size, resize))
     labels.append(label)
     if len(images) == batch_size:
       flush()
@@ -160,17 +162,6 @@ def private_features(data_config: dict, classes, size: int, embed, batch_size: i
   if not labels:
     raise EvaluationError(f'{data_config["name"]} has no training images of the classes {sorted(classes)}')
   return {'features': np.concatenate(features), 'labels': np.asarray(labels)}
-
-
-@dataclasses.dataclass
-class Embedder:
-  """A jitted feature function and what its inputs need (3 channels for ImageNet-style networks)."""
-
-  fn: Callable
-  rgb: bool = False
-
-  def __call__(self, x):
-    return self.fn(x)
 
 
 def _cached(cache_dir: str, key: dict, compute):
@@ -309,7 +300,7 @@ def evaluate_images(
   private = _cached(
       cache_dir,
       key,
-      lambda: private_features(data_config, classes, eval_size, Embedder(eval_features_fn), batch_size, PIL_RESIZE),
+      lambda: private_features(data_config, classes, eval_size, eval_features_fn, batch_size, PIL_RESIZE),
   )
   fake_eval_features = batched(eval_features_fn, fakes_eval, batch_size)
   results['knn_dist_eval'] = scores_lib.knn_distance(
@@ -318,7 +309,7 @@ def evaluate_images(
 
   if metrics.facenet_file:
     module, variables = eval_models.import_facenet(metrics.facenet_file)
-    embed = Embedder(jax.jit(lambda x: module.apply(variables, x, train=False)), rgb=True)
+    embed = jax.jit(lambda x: module.apply(variables, _rgb(x), train=False))
     size = eval_models.FACENET_SIZE
     private_face = _cached(
         cache_dir,
@@ -326,7 +317,7 @@ def evaluate_images(
         lambda: private_features(data_config, classes, size, embed, batch_size, PIL_RESIZE),
     )
     results['knn_dist_facenet'] = scores_lib.knn_distance(
-        batched(embed, _rgb(final.render(size)), batch_size),
+        batched(embed, final.render(size), batch_size),
         final.targets,
         private_face['features'],
         private_face['labels'],
@@ -334,9 +325,8 @@ def evaluate_images(
 
   if metrics.fid_inception_file:
     module, variables = eval_models.import_fid_inception(metrics.fid_inception_file)
-    pool3 = Embedder(
-        jax.jit(lambda x: module.apply(variables, fid_inputs(x, metrics.fid_quirk), train=False, features_only=True)),
-        rgb=True,
+    pool3 = jax.jit(
+        lambda x: module.apply(variables, fid_inputs(_rgb(x), metrics.fid_quirk), train=False, features_only=True)
     )
     size = eval_models.FID_SIZE
     private_fid = _cached(
@@ -351,7 +341,7 @@ def evaluate_images(
         lambda: private_features(data_config, classes, size, pool3, batch_size, metrics.antialias),
     )
     real, real_labels = private_fid['features'], private_fid['labels']
-    fake = batched(pool3, _rgb(final.render(size)), batch_size)
+    fake = batched(pool3, final.render(size), batch_size)
     results['fid_features'] = 'inception_ppa_inputs' if metrics.fid_quirk else 'inception'
   else:
     real, real_labels, fake = private['features'], private['labels'], fake_eval_features
