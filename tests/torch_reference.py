@@ -1,10 +1,10 @@
 """torch-side helpers shared by the parity tests: torchvision's model definitions on CPU torch,
 randomised reference nets, and the model config the parity tests build from."""
 
-import ml_collections
 import pytest
 import torch
 
+from configs import common
 from mi_jax.convert import torch_compat
 
 
@@ -42,16 +42,7 @@ def randomised(net, seed):
 
 
 def model_config(name, num_classes, **kw):
-  config = dict(
-      name=name,
-      num_classes=num_classes,
-      skip=(1, 1, 1, 1),
-      width=0,
-      stem='imagenet',
-      dtype='float32',
-      skip_mode='truncate',
-      init_file='',
-      init_reinit=(),
-  )
-  config.update(kw)
-  return ml_collections.ConfigDict(config)
+  """The model section of the base config (every field a job reads) for `name`, the head loaded too."""
+  config = common.base_config().model
+  config.update({'name': name, 'num_classes': num_classes, 'init_reinit': (), **kw})
+  return config
