@@ -10,6 +10,7 @@ Relaunching with the same --workdir resumes from the last checkpoint.
 """
 
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -36,17 +37,24 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected command-line arguments: {argv[1:]}')
-  from mi_jax import jobs  # pylint: disable=g-import-not-at-top
+  from mi_jax import errors, jobs, multihost  # pylint: disable=g-import-not-at-top
 
   jobs.quiet_library_logs()
-  jobs.maybe_initialize_distributed()
   config = _CONFIG.value
-  logging.info('Config:\n%s', config)
   try:
+    multihost.initialize()
     jobs.validate_config(config)
   except (ValueError, FileNotFoundError) as e:
-    raise app.UsageError(str(e)) from None
-  jobs.run(config, _WORKDIR.value)
+    sys.exit(f'launch.py: {e}')  # one line naming the field: the usage text would bury it
+  logging.info('Config:\n%s', config)
+  try:
+    jobs.run(config, _WORKDIR.value)
+  except errors.MiJaxError as e:  # the message is the story; the traceback only helps a developer
+    logging.debug('%s', traceback.format_exc())
+    sys.exit(f'launch.py: {e}')
+  except (KeyboardInterrupt, errors.Terminated) as e:
+    signal_name = 'SIGTERM' if isinstance(e, errors.Terminated) else 'Ctrl-C (SIGINT)'
+    sys.exit(f'launch.py: stopped by {signal_name}. Relaunch with the same --workdir to resume.')
 
 
 if __name__ == '__main__':

@@ -68,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.test_split = 'test'
   config.data.image_size = 224  # Model input size (square).
   config.data.worker_count = 0  # grain worker processes; 0 = in-process (CPU/CI).
+  config.data.bad_images = 'fail'  # Unreadable/truncated/empty image files at build: 'fail' naming each, or 'skip'.
+  config.data.rebuild_if_changed = False  # manual_dir's files differ from the prepared set's: rebuild, else refuse.
+  config.data.prepare_on = 'process_0'  # Multi-process: 'process_0' (shared data_dir) or 'each_host' (local disks).
   config.data.augment = ml_collections.ConfigDict()
   config.data.augment.rrc_scale = (0.85, 1.0)  # RandomResizedCrop area range.
   config.data.augment.rrc_ratio = (1.0, 1.0)  # RandomResizedCrop aspect-ratio range.
@@ -101,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.eval_every_epochs = 1  # Test-set evaluation and a checkpoint every this many epochs.
   config.train.log_every_steps = 50  # Progress line + train metrics.
   config.train.keep_checkpoints = 2  # Latest N kept, plus the best by test accuracy.
+  config.train.diverged_loss = 1e3  # A train/test loss above this stops the run as diverged; 0 = NaN/inf only.
+  config.train.resume_with_new_optim = False  # Relaunch in the same workdir with changed config.optim (a
+  # diverged run's lower lr): continues from the latest checkpoint; recorded in run_history.json.
   return config
 
 

@@ -23,6 +23,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
+from mi_jax import errors
 from mi_jax.data import transforms
 from mi_jax.stylegan import checkpoint as generator_io
 from mi_jax.stylegan import networks
@@ -31,7 +32,7 @@ ATTACK_FILE = 'attack.json'
 GRAD_NORM_PREFIX = 'grad_norm/'  # per-stage norms of dL/dz_i in the batch logs
 
 
-class AttackOutputError(ValueError):
+class AttackOutputError(errors.MiJaxError, ValueError):
   """An attack workdir that does not hold what is asked of it."""
 
 

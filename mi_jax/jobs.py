@@ -1,17 +1,20 @@
-"""The jobs launch.py can run, config validation, and multi-host start-up.
+"""The jobs launch.py can run, their config validation, and what every job run shares.
 
 A job is a module (listed in JOBS) that exports `run(config, workdir)` and `validate_config(config)`;
 `validate_config` and `run` here dispatch to it. Adding a job is one module and one line in JOBS.
 """
 
+import contextlib
 import importlib
 import logging as logging_std
 import os
+import signal
+import threading
 
 from absl import logging
 import ml_collections
 
-from mi_jax import config_checks
+from mi_jax import config_checks, errors
 
 # config.job -> the module that runs it (imported on use: a job's dependencies load only when it runs).
 JOBS = {
@@ -23,36 +26,6 @@ JOBS = {
     'evaluate': 'mi_jax.metrics.evaluate',
     'reproduce': 'mi_jax.reproduce',
 }
-
-# Environment variables by which cluster launchers announce a multi-process job.
-_MULTI_PROCESS_ENV = (
-    'JAX_COORDINATOR_ADDRESS',
-    'JAX_NUM_PROCESSES',
-    'SLURM_NTASKS',
-    'OMPI_COMM_WORLD_SIZE',
-    'PMI_SIZE',
-)
-
-
-def is_multi_process_env(environ=os.environ) -> bool:
-  """True when a launcher started several processes (SLURM, Open MPI, PMI) or named a coordinator."""
-  if environ.get('JAX_COORDINATOR_ADDRESS'):
-    return True
-  for name in _MULTI_PROCESS_ENV[1:]:
-    try:
-      if int(environ.get(name, '1')) > 1:
-        return True
-    except ValueError:
-      pass
-  return False
-
-
-def maybe_initialize_distributed():
-  if is_multi_process_env():
-    import jax  # pylint: disable=g-import-not-at-top
-
-    jax.distributed.initialize()  # reads the coordinator, process count and id from the environment
-    logging.info('Process %d of %d', jax.process_index(), jax.process_count())
 
 
 class _LibraryDetailFilter(logging_std.Filter):
@@ -97,9 +70,28 @@ def validate_config(config: ml_collections.ConfigDict):
   job_module(config.job).validate_config(config)
 
 
+@contextlib.contextmanager
+def sigterm_raises():
+  """SIGTERM raises errors.Terminated while a job runs, so it stops like Ctrl-C: saves in flight complete."""
+  if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+    yield
+    return
+
+  def terminate(signum, frame):
+    del signum, frame
+    raise errors.Terminated('SIGTERM')
+
+  previous = signal.signal(signal.SIGTERM, terminate)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str):
   """Validates `config`, applies its matmul precision and runs its job in `workdir`."""
   validate_config(config)
   set_matmul_precision(config)
   os.makedirs(workdir, exist_ok=True)
-  return job_module(config.job).run(config, workdir)
+  with sigterm_raises():
+    return job_module(config.job).run(config, workdir)

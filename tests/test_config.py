@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from configs import baseline, common
-from mi_jax import jobs
+from mi_jax import jobs, multihost
 
 from conftest import REPO_ROOT
 
@@ -100,7 +100,7 @@ def test_every_job_config_sets_the_matmul_precision_the_paper_ran_with():
     ],
 )
 def test_multi_process_detection(env, expected):
-  assert jobs.is_multi_process_env(env) is expected
+  assert multihost.is_multi_process_env(env) is expected
 
 
 def _launch(*args):
@@ -133,3 +133,6 @@ def test_launch_rejects_bad_value(tmp_path):
   assert result.returncode != 0
   assert 'config.model.name=' in result.stderr and 'resnet19' in result.stderr
   assert not os.listdir(tmp_path)  # nothing started
+  # One line naming the field, without the usage text in front of it.
+  assert result.stderr.strip().splitlines()[-1].startswith('launch.py: config.model.name=')
+  assert 'launch.py --config=configs/baseline.py:demo' not in result.stderr and 'USAGE' not in result.stderr

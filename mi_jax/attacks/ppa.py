@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mi_jax import attack_outputs, config_checks
+from mi_jax import attack_outputs, config_checks, errors
 from mi_jax.attacks import optimize, selection
 from mi_jax.data import transforms
 from mi_jax.metrics import scores as scores_lib
@@ -41,7 +41,7 @@ from mi_jax.stylegan import networks
 OVERVIEW_CLASSES, OVERVIEW_PER_CLASS = 16, 8  # final_grid.png
 
 
-class AttackError(ValueError):
+class AttackError(errors.MiJaxError, ValueError):
   """A target, generator or setting that the attack cannot use."""
 
 
@@ -330,7 +330,7 @@ def optimize_candidates(attack: _Attack, cand_w: np.ndarray, cand_classes: np.nd
         bad_step = int(np.argmin(log['finite']))
         failed = path.replace('.npz', '.failed.npz')
         reporting.save_npz(failed, w=w, w0=cand_w[rows], classes=cand_classes[rows], **flat_log)
-        raise FloatingPointError(
+        raise reporting.NonFiniteError(
             f'non-finite loss or gradient in batch {b} (classes {sorted(set(cand_classes[rows].tolist()))}) at '
             f'step {bad_step}; latents from before that step and the loss log are in {failed}. Finished batches '
             f'are kept; lower config.attack.lr or check the target and generator, then relaunch to resume.'

@@ -6,10 +6,12 @@ Nothing in the pickle is executed (third_party/stylegan_jax/nvidia_pickle.py); t
 """
 
 import os
+import pickle
 
 from absl import logging
 import ml_collections
 
+from mi_jax.convert import torch_compat
 from mi_jax.stylegan import nvidia_pickle
 
 
@@ -22,7 +24,13 @@ def validate_config(config: ml_collections.ConfigDict):
 
 
 def import_stylegan(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  gen_config = nvidia_pickle.import_pickle(os.path.expanduser(config.pickle), workdir, config.network)
+  path = os.path.expanduser(config.pickle)
+  try:
+    gen_config = nvidia_pickle.import_pickle(path, workdir, config.network)
+  except nvidia_pickle.UnsafePickleError as e:
+    raise torch_compat.weight_file_error(path, e, 'StyleGAN2-ADA network pickle', refused=True) from None
+  except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, IndexError, ValueError) as e:
+    raise torch_compat.weight_file_error(path, e, 'StyleGAN2-ADA network pickle') from None
   logging.info('Wrote %s from %s[%s]: %s', workdir, config.pickle, config.network, gen_config)
   return gen_config.to_dict()
 

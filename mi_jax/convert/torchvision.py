@@ -17,6 +17,7 @@ from flax import traverse_util
 import numpy as np
 
 from mi_jax import models
+from mi_jax.convert import torch_compat
 from mi_jax.defenses import transplant as transplant_lib
 
 _DENSENET_LEGACY = re.compile(
@@ -32,9 +33,7 @@ _BN_FIELDS = {
 
 def read_state_dict(path: str) -> dict:
   """{name: float32 numpy array} from a torch file, wrappers and prefixes removed."""
-  import torch  # pylint: disable=g-import-not-at-top  (optional dependency: pip install -e '.[torch]')
-
-  obj = torch.load(path, map_location='cpu', weights_only=True)
+  obj = torch_compat.load_torch_file(path)
   for key in ('model_state_dict', 'state_dict', 'model'):
     if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
       obj = obj[key]

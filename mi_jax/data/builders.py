@@ -20,15 +20,32 @@ dataset metadata; demo builders use ClassLabel. `num_classes()` reads both.
 """
 
 import collections
+from concurrent import futures
 import dataclasses
 import os
 
+from absl import logging
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from mi_jax import errors
+
 # torchvision.datasets.folder.IMG_EXTENSIONS: what ImageFolder (and so PPA) picks up.
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+
+
+class DataError(errors.MiJaxError, ValueError):
+  """A data set that cannot be built as it is: bad image files, empty classes, changed sources."""
+
+
+class MissingDataError(errors.MiJaxError, FileNotFoundError):
+  """A data directory or list file the config names is missing."""
+
+
+# What config.data.bad_images may say: stop naming every bad file, or leave them out (listed in the
+# prepared data set's metadata as `skipped_files`, and in the log).
+BAD_IMAGE_POLICIES = ('fail', 'skip')
 
 
 def ppa_split(num_examples: int, seed: int = 42, train_fraction: float = 0.9):
@@ -40,15 +57,58 @@ def ppa_split(num_examples: int, seed: int = 42, train_fraction: float = 0.9):
 
 
 def image_folder_samples(root: str):
-  """(class_names, [(path, label)]) in torchvision ImageFolder order."""
+  """(class_names, [(path, label)]) in torchvision ImageFolder order; a class folder without images is an error.
+
+  torchvision's ImageFolder refuses such a folder too: it would be a class no image teaches.
+  """
   classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-  samples = []
+  samples, empty = [], []
   for label, name in enumerate(classes):
+    count = len(samples)
     for dirpath, _, files in sorted(os.walk(os.path.join(root, name), followlinks=True)):
       for fname in sorted(files):
         if fname.lower().endswith(IMG_EXTENSIONS):
           samples.append((os.path.join(dirpath, fname), label))
+    if len(samples) == count:
+      empty.append(os.path.join(root, name))
+  if empty:
+    raise DataError(
+        f'{len(empty)} class folder(s) hold no images ({", ".join(IMG_EXTENSIONS)}): {", ".join(empty)}. '
+        'Remove them or add their images: each folder is a class.'
+    )
   return classes, samples
+
+
+def image_problem(path: str) -> str | None:
+  """Why the image file at `path` cannot be used (None when it decodes completely)."""
+  try:
+    if os.path.getsize(path) == 0:
+      return 'empty file (0 bytes)'
+    with PIL.Image.open(path) as img:
+      img.load()  # decodes every pixel: a truncated file fails here, not at the first batch of training
+  except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
+    return f'not a readable image ({type(e).__name__}: {e})'
+  return None
+
+
+def check_images(paths: list[str], root: str, policy: str) -> set[str]:
+  """The bad files among `paths` (decoded in parallel); with policy 'fail', a DataError naming each one."""
+  with futures.ThreadPoolExecutor(
+      max_workers=min(32, (os.cpu_count() or 1) * 4)
+  ) as pool:  # PIL decodes without the GIL
+    problems = dict(zip(paths, pool.map(image_problem, paths)))
+  bad = {path: problem for path, problem in problems.items() if problem}
+  if not bad:
+    return set()
+  report = [f'  {os.path.relpath(path, root)}: {problem}' for path, problem in sorted(bad.items())]
+  if policy == 'fail':
+    shown = report[:50] + ([f'  ... and {len(report) - 50} more'] if len(report) > 50 else [])
+    raise DataError(
+        f'{len(bad)} of {len(paths)} image files under {root} cannot be used:\n' + '\n'.join(shown) + '\n'
+        'Replace or delete them, or set --config.data.bad_images=skip to build without them.'
+    )
+  logging.warning('Skipping %d unusable image files under %s:\n%s', len(bad), root, '\n'.join(report))
+  return set(bad)
 
 
 def _rgb_image(path: str):
@@ -59,11 +119,23 @@ def _rgb_image(path: str):
     return img.convert('RGB')
 
 
+def source_files(root: str, paths) -> dict[str, int]:
+  """{path relative to root: size in bytes}: what a data set was built from, to notice later changes."""
+  return {os.path.relpath(path, root): os.path.getsize(path) if os.path.exists(path) else -1 for path in paths}
+
+
 class _LabelledImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Shared base: RGB images of any size, int64 label, file name; class names in metadata."""
+  """Shared base: RGB images of any size, int64 label, file name; class names in metadata.
+
+  Every image is decoded once before anything is written (config.data.bad_images says what a bad
+  one does). The metadata records the class names, the files skipped and why, and the size of every
+  source file (`source_files`), by which sources.prepare notices a changed manual_dir.
+  """
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  bad_images = 'fail'  # set from config.data.bad_images by sources.prepare
+  train_fraction = 0.9  # PPA's 90/10 split
 
   def _info(self):
     return tfds.core.DatasetInfo(
@@ -80,6 +152,31 @@ class _LabelledImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         disable_shuffling=True,  # keep the generation (PPA split) order on disk
         metadata=tfds.core.MetadataDict(),
     )
+
+  def list_samples(self, root: str) -> tuple[list[str], list[tuple[str, int]], list[str]]:
+    """(class names, [(image path, label)] in the reference order, list files read) under `root`."""
+    raise NotImplementedError
+
+  def _split_generators(self, dl_manager):
+    root = dl_manager.manual_dir
+    classes, samples, list_files = self.list_samples(root)
+    bad = check_images([path for path, _ in samples], root, self.bad_images)
+    # The split is drawn over every listed file, as the reference code does; skipped files then drop out.
+    train_idx, test_idx = (
+        [i for i in indices if samples[i][0] not in bad]
+        for indices in ppa_split(len(samples), train_fraction=self.train_fraction)
+    )
+    kept_labels = {samples[i][1] for i in train_idx + test_idx}
+    emptied = [name for label, name in enumerate(classes) if label not in kept_labels]
+    if emptied:
+      raise DataError(f'every image of class(es) {emptied} under {root} was skipped as unusable')
+    self.info.metadata['class_names'] = classes
+    self.info.metadata['skipped_files'] = sorted(os.path.relpath(path, root) for path in bad)
+    self.info.metadata['source_files'] = source_files(root, [path for path, _ in samples] + list_files)
+    splits = {'train': self._generate_examples(samples, train_idx, root)}
+    if test_idx:
+      splits['test'] = self._generate_examples(samples, test_idx, root)
+    return splits
 
   def _generate_examples(self, samples, indices, root):
     for key, i in enumerate(indices):  # key = position: with disable_shuffling, disk order = split order
@@ -99,23 +196,17 @@ class Facescrub(_LabelledImages):
   faceteam/facescrub script). Class indices: actors 0-264, actresses 265-529.
   """
 
-  def _split_generators(self, dl_manager):
-    root = dl_manager.manual_dir
+  def list_samples(self, root):
     classes, samples = [], []
     for group in ('actors', 'actresses'):
       group_dir = os.path.join(root, group, 'faces')
       if not os.path.isdir(group_dir):
-        raise FileNotFoundError(f'FaceScrub: {group_dir} does not exist.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+        raise MissingDataError(f'FaceScrub: {group_dir} does not exist.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
       group_classes, group_samples = image_folder_samples(group_dir)
       offset = len(classes)
       classes += group_classes
       samples += [(path, label + offset) for path, label in group_samples]
-    self.info.metadata['class_names'] = classes
-    train_idx, test_idx = ppa_split(len(samples))
-    return {
-        'train': self._generate_examples(samples, train_idx, root),
-        'test': self._generate_examples(samples, test_idx, root),
-    }
+    return classes, samples, []
 
 
 class Celeba1000(_LabelledImages):
@@ -129,18 +220,22 @@ class Celeba1000(_LabelledImages):
   All official partitions are merged; the 1,000 most frequent identities are kept.
   """
 
-  def _split_generators(self, dl_manager):
-    root = dl_manager.manual_dir
+  def list_samples(self, root):
     identity_file = os.path.join(root, 'identity_CelebA.txt')
     if not os.path.isfile(identity_file):
-      raise FileNotFoundError(f'CelebA1000: {identity_file} does not exist.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+      raise MissingDataError(f'CelebA1000: {identity_file} does not exist.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
     files, identities = [], []
     with open(identity_file) as f:
-      for line in f:
+      for line_number, line in enumerate(f, 1):
         if line.strip():
-          fname, identity = line.split()
+          try:
+            fname, identity = line.split()
+            identities.append(int(identity))
+          except ValueError:
+            raise DataError(
+                f'{identity_file}:{line_number}: expected "<file> <identity>", got {line.strip()!r}'
+            ) from None
           files.append(fname)
-          identities.append(int(identity))
     # As PPA: stable sort of the Counter (first-appearance order) by frequency.
     by_frequency = sorted(collections.Counter(identities).items(), key=lambda kv: kv[1], reverse=True)
     top = [identity for identity, _ in by_frequency[:1000]]
@@ -152,12 +247,7 @@ class Celeba1000(_LabelledImages):
         if not os.path.exists(path):
           path = os.path.splitext(path)[0] + '.png'
         samples.append((path, label_of[identity]))
-    self.info.metadata['class_names'] = [str(identity) for identity in top]
-    train_idx, test_idx = ppa_split(len(samples))
-    return {
-        'train': self._generate_examples(samples, train_idx, root),
-        'test': self._generate_examples(samples, test_idx, root),
-    }
+    return [str(identity) for identity in top], samples, [identity_file]
 
 
 @dataclasses.dataclass
@@ -177,24 +267,25 @@ class ImageFolder(_LabelledImages):
   class (<manual_dir>/<class>/*.png) or all images directly in <manual_dir>.
   """
 
-  def _split_generators(self, dl_manager):
-    root = dl_manager.manual_dir
+  @property
+  def train_fraction(self):
+    return 1.0 - self.builder_config.test_fraction
+
+  def list_samples(self, root):
     if not os.path.isdir(root):
-      raise FileNotFoundError(f'image_folder: {root} does not exist.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
-    classes, samples = image_folder_samples(root)
-    samples += [
+      raise MissingDataError(f'image_folder: {root} does not exist.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    flat = [
         (os.path.join(root, f), -1)
         for f in sorted(os.listdir(root))
         if f.lower().endswith(IMG_EXTENSIONS) and os.path.isfile(os.path.join(root, f))
     ]
+    if flat and not any(e.is_dir() for e in os.scandir(root)):
+      return [], flat, []
+    classes, samples = image_folder_samples(root)
+    samples += flat
     if not samples:
-      raise FileNotFoundError(f'image_folder: no images ({", ".join(IMG_EXTENSIONS)}) under {root}.')
-    self.info.metadata['class_names'] = classes
-    train_idx, test_idx = ppa_split(len(samples), train_fraction=1.0 - self.builder_config.test_fraction)
-    splits = {'train': self._generate_examples(samples, train_idx, root)}
-    if test_idx:
-      splits['test'] = self._generate_examples(samples, test_idx, root)
-    return splits
+      raise MissingDataError(f'image_folder: no images ({", ".join(IMG_EXTENSIONS)}) under {root}.')
+    return classes, samples, []
 
 
 class _DigitsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

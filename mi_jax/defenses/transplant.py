@@ -15,8 +15,10 @@ from typing import Sequence
 from flax import traverse_util
 import numpy as np
 
+from mi_jax import errors
 
-class TransplantError(ValueError):
+
+class TransplantError(errors.MiJaxError, ValueError):
   pass
 
 

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mi_jax import attack_outputs, config_checks
+from mi_jax import attack_outputs, config_checks, errors
 from mi_jax.data import transforms
 from mi_jax.convert import eval_models
 from mi_jax.data import augment, sources
@@ -48,7 +48,7 @@ from mi_jax.train import checkpoint, reporting
 PRDC_K = 3  # PPA's k for precision, recall, density and coverage
 
 
-class EvaluationError(ValueError):
+class EvaluationError(errors.MiJaxError, ValueError):
   """An attack workdir or evaluation input that cannot be evaluated."""
 
 

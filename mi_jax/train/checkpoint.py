@@ -5,19 +5,27 @@ Layout: `<workdir>/checkpoints/<step>/{state, data, config}`. Kept: the latest
 asynchronous and atomic, so a job killed mid-save resumes from the previous one.
 """
 
+import contextlib
 import os
+import signal
+import threading
+from typing import Any, NamedTuple
 
+from absl import logging
+from etils import epath
+import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
-from mi_jax import config_checks, models
+from mi_jax import config_checks, errors, models
 from mi_jax.train import reporting
 
 BEST_METRIC = 'test_accuracy'
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.MiJaxError, ValueError):
   """A checkpoint that cannot be used with the current config."""
 
 
@@ -42,11 +50,33 @@ def _manager(directory: str, keep: int, best_metric: str | None) -> ocp.Checkpoi
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+@contextlib.contextmanager
+def _signals_deferred(signums=(signal.SIGINT, signal.SIGTERM)):
+  """Holds Ctrl-C and SIGTERM while a save is handed to orbax, then delivers them.
+
+  Interrupted half-way, the save is lost and orbax's background commit waits minutes for a
+  directory that is never made; held, the save completes and the job stops right after it.
+  """
+  if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+    yield
+    return
+  received = []
+  previous = {signum: signal.signal(signum, lambda signum, _: received.append(signum)) for signum in signums}
+  try:
+    yield
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+    if received:
+      signal.raise_signal(received[0])  # now the previous handler acts on it
+
+
 class Checkpointer:
   """Saves and restores one run's state, data-iterator state and config.
 
   Keeps the latest `keep` checkpoints, plus the best by `best_metric` (higher is
-  better) unless it is None.
+  better) unless it is None. Use it as a context manager: however the job ends (an
+  error, Ctrl-C, SIGTERM), a save in flight is completed before the job exits.
   """
 
   def __init__(self, directory: str, keep: int = 2, best_metric: str | None = BEST_METRIC):
@@ -63,6 +93,10 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state, data_state: dict, config: ml_collections.ConfigDict, metrics: dict):
+    with _signals_deferred():
+      self._save(step, state, data_state, config, metrics)
+
+  def _save(self, step: int, state, data_state: dict, config: ml_collections.ConfigDict, metrics: dict):
     self._manager.save(
         step,
         args=ocp.args.Composite(
@@ -101,6 +135,20 @@ class Checkpointer:
 
   def close(self):
     self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, traceback):
+    if exc_type is not None:  # the job stops early: finish the save in flight, then say where it stands
+      self.wait()
+      latest = self.latest_step()
+      logging.warning(
+          'Stopping on %s. Saves in flight were completed; the latest complete checkpoint is %s.',
+          exc_type.__name__,
+          f'{self.directory}/{latest}' if latest is not None else 'none (nothing saved yet)',
+      )
+    self.close()
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -154,25 +202,50 @@ def load_config(workdir: str, step: int) -> dict:
     return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
 
 
+def restore_on_host(directory: str) -> dict:
+  """A pytree saved by orbax at `directory`, as numpy arrays, whatever devices wrote it.
+
+  The target tree is built from the saved shapes and dtypes on the CPU, so a checkpoint written on
+  8 GPUs (or several hosts) loads in a notebook on one device.
+  """
+  path = epath.Path(os.path.abspath(directory))
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), handler.metadata(path))
+    return jax.tree.map(np.asarray, handler.restore(path, args=ocp.args.StandardRestore(target)))
+  finally:
+    handler.close()
+
+
 def load_variables(workdir: str, step: int | None = None) -> dict:
-  """{'params', 'batch_stats'} (numpy) of the run in `workdir` at `step` (default: latest)."""
+  """{'params', 'batch_stats'} (numpy) of the run in `workdir` at `step` (default: latest), on any device count."""
   step = latest_step_in(workdir) if step is None else step
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
-  state = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(checkpoint_dir(workdir), str(step), 'state')))
+  state = restore_on_host(os.path.join(checkpoint_dir(workdir), str(step), 'state'))
   return {'params': state['params'], 'batch_stats': state['batch_stats']}
 
 
-def load_classifier(workdir: str, which='latest'):
-  """(model, {'params', 'batch_stats'}, saved config dict, step, test metrics) of a classifier trained in `workdir`.
+class Classifier(NamedTuple):
+  """A trained classifier as load_classifier returns it: `model.apply(variables, images, train=False)`."""
 
-  `which` as in resolve_step: 'latest', 'best' or a step number. The model is rebuilt from the config
-  saved with the checkpoint.
+  model: nn.Module  # rebuilt from the config saved with the checkpoint
+  variables: dict  # {'params', 'batch_stats'} as numpy arrays
+  config: dict  # the run's config as saved with the checkpoint
+  step: int  # the checkpoint's step
+  metrics: dict[str, Any]  # its test metrics (test_accuracy, test_top5, test_loss)
+
+
+def load_classifier(workdir: str, step='latest') -> Classifier:
+  """The classifier trained in `workdir` at checkpoint `step`: 'latest', 'best' or a step number.
+
+  Works on any device count, whatever the training ran on. `mi_jax.load_classifier` is this function.
   """
-  step, metrics = resolve_step(workdir, which)
+  step, metrics = resolve_step(workdir, step)
   saved = load_config(workdir, step)
   model = models.build_model(ml_collections.ConfigDict(saved['model']))
-  return model, load_variables(workdir, step), saved, step, metrics
+  return Classifier(model, load_variables(workdir, step), saved, step, metrics)
 
 
 def abstract_like(tree):
@@ -195,11 +268,11 @@ def run_identity(config: dict, fields=IDENTITY_FIELDS) -> dict:
   return identity
 
 
-def check_same_run(saved: dict, config: ml_collections.ConfigDict, where: str, fields=IDENTITY_FIELDS):
+def check_same_run(saved: dict, config: ml_collections.ConfigDict, where: str, fields=IDENTITY_FIELDS, hint: str = ''):
   """Raises CheckpointError naming every identity leaf that differs from the config saved in a checkpoint."""
   try:
     reporting.check_same_run(
-        run_identity(saved, fields), run_identity(reporting.config_json(config), fields), where, 'run'
+        run_identity(saved, fields), run_identity(reporting.config_json(config), fields), where, 'run', hint
     )
   except reporting.DifferentRunError as e:
     raise CheckpointError(str(e)) from None

@@ -132,94 +132,94 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str, on_step: Callable
   G, D = networks.Generator(gen_config), discriminator(config, img_channels)
   hp = hyperparams(config)
   state = jax.device_put(training.create_state(G, D, hp, config.seed), sharding.replicated(mesh))
-  ckpt = checkpoint.Checkpointer(
+  # However the job ends (an error, Ctrl-C, SIGTERM), the checkpoint save in flight completes first.
+  with checkpoint.Checkpointer(
       checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints, best_metric=None
-  )
-  state, data_state, start_step = loop.restore_latest(ckpt, state, config, workdir, IDENTITY_FIELDS)
-  if start_step:
-    logging.info('Resuming from %s/checkpoints/%d (%.1f kimg)', workdir, start_step, start_step * batch_size / 1e3)
-  train_iter = loop.resumed_iterator(
-      pipeline.train_dataset(source, config.data, batch_size, epochs, config.seed, augment=False), data_state
-  )
-  plain_step, r1_step = training.compile_train_steps(G, D, hp, sharding.replicated(mesh), sharding.data_sharded(mesh))
+  ) as ckpt:
+    state, data_state, start_step = loop.restore_latest(ckpt, state, config, workdir, IDENTITY_FIELDS)
+    if start_step:
+      logging.info('Resuming from %s/checkpoints/%d (%.1f kimg)', workdir, start_step, start_step * batch_size / 1e3)
+    train_iter = loop.resumed_iterator(
+        pipeline.train_dataset(source, config.data, batch_size, epochs, config.seed, augment=False), data_state
+    )
+    plain_step, r1_step = training.compile_train_steps(G, D, hp, sharding.replicated(mesh), sharding.data_sharded(mesh))
 
-  # ---------------------------------------------------------------- reporting
-  writer = reporting.MetricWriter(workdir, resume_step=start_step)
-  progress = reporting.Progress(total_steps, batch_size, name='gan')
-  sample = _sample_fn(G)
-  fixed_z = np.random.RandomState(config.seed).randn(config.train.num_samples, gen_config.z_dim).astype(np.float32)
-  samples_dir = os.path.join(workdir, 'samples')
-  os.makedirs(samples_dir, exist_ok=True)
+    # ---------------------------------------------------------------- reporting
+    writer = reporting.MetricWriter(workdir, resume_step=start_step)
+    progress = reporting.Progress(total_steps, batch_size, name='gan')
+    sample = _sample_fn(G)
+    fixed_z = np.random.RandomState(config.seed).randn(config.train.num_samples, gen_config.z_dim).astype(np.float32)
+    samples_dir = os.path.join(workdir, 'samples')
+    os.makedirs(samples_dir, exist_ok=True)
 
-  def write_samples(step):
-    grid = reporting.image_grid(np.asarray(sample(state.ema_variables(), fixed_z)))
-    reporting.save_png(os.path.join(samples_dir, f'fakes_{step:06d}.png'), grid)
-    writer.write_images(step, 'fakes', grid)
-    return grid
+    def write_samples(step):
+      grid = reporting.image_grid(np.asarray(sample(state.ema_variables(), fixed_z)))
+      reporting.save_png(os.path.join(samples_dir, f'fakes_{step:06d}.png'), grid)
+      writer.write_images(step, 'fakes', grid)
+      return grid
 
-  logging.info(
-      'Training a %dx%d StyleGAN2 on %s: %d images, %d steps of %d (%.0f kimg), %d devices',
-      gen_config.img_resolution,
-      gen_config.img_resolution,
-      config.data.name,
-      len(source),
-      total_steps,
-      batch_size,
-      total_steps * batch_size / 1e3,
-      mesh.devices.size,
-  )
+    logging.info(
+        'Training a %dx%d StyleGAN2 on %s: %d images, %d steps of %d (%.0f kimg), %d devices',
+        gen_config.img_resolution,
+        gen_config.img_resolution,
+        config.data.name,
+        len(source),
+        total_steps,
+        batch_size,
+        total_steps * batch_size / 1e3,
+        mesh.devices.size,
+    )
 
-  # ---------------------------------------------------------------- loop
-  window = loop.MetricWindow()
-  for step in range(start_step + 1, total_steps + 1):
-    batch = next(train_iter)
-    if step == 1:
-      grid = reporting.image_grid(batch['image'][: config.train.num_samples])
-      reporting.save_png(os.path.join(samples_dir, 'reals.png'), grid)
-      writer.write_images(0, 'reals', grid)
-      write_samples(0)
-    with_r1 = step % hp.r1_interval == 0
-    state, metrics = (r1_step if with_r1 else plain_step)(state, sharding.shard_batch(batch['image'], mesh))
-    window.add({k: v for k, v in metrics.items() if with_r1 or k != 'r1'})  # R1 only where it was computed
+    # ---------------------------------------------------------------- loop
+    window = loop.MetricWindow()
+    for step in range(start_step + 1, total_steps + 1):
+      batch = next(train_iter)
+      if step == 1:
+        grid = reporting.image_grid(batch['image'][: config.train.num_samples])
+        reporting.save_png(os.path.join(samples_dir, 'reals.png'), grid)
+        writer.write_images(0, 'reals', grid)
+        write_samples(0)
+      with_r1 = step % hp.r1_interval == 0
+      state, metrics = (r1_step if with_r1 else plain_step)(state, sharding.shard_batch(batch['image'], mesh))
+      window.add({k: v for k, v in metrics.items() if with_r1 or k != 'r1'})  # R1 only where it was computed
 
-    if step % config.train.log_every_steps == 0 or step == total_steps:
-      summary = window.flush(step, workdir, 'Lower config.gan.g_lr/d_lr or raise config.gan.r1_gamma and relaunch.')
-      summary['kimg'] = step * batch_size / 1e3
-      writer.write_scalars(step, summary)
-      progress.update(step, {k: summary[k] for k in ('loss_g', 'loss_d', 'd_real', 'd_fake')})
-    else:
-      progress.update(step)
-    if step % config.train.sample_every_steps == 0 or step == total_steps:
-      write_samples(step)
-    if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
-      ckpt.save(step, state, train_iter.get_state(), config, {})
-    if on_step is not None:
-      ckpt.wait()
-      on_step(step)
-  ckpt.wait()
+      if step % config.train.log_every_steps == 0 or step == total_steps:
+        summary = window.flush(step, workdir, 'Lower config.gan.g_lr/d_lr or raise config.gan.r1_gamma and relaunch.')
+        summary['kimg'] = step * batch_size / 1e3
+        writer.write_scalars(step, summary)
+        progress.update(step, {k: summary[k] for k in ('loss_g', 'loss_d', 'd_real', 'd_fake')})
+      else:
+        progress.update(step)
+      if step % config.train.sample_every_steps == 0 or step == total_steps:
+        write_samples(step)
+      if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
+        ckpt.save(step, state, train_iter.get_state(), config, {})
+      if on_step is not None:
+        ckpt.wait()
+        on_step(step)
+    ckpt.wait()
 
-  # ---------------------------------------------------------------- export G_ema
-  generator_dir = os.path.join(workdir, GENERATOR_DIR)
-  if jax.process_index() == 0:
-    if not os.path.exists(os.path.join(generator_dir, generator_io.CONFIG_FILE)):
-      generator_io.save_generator(
-          generator_dir,
-          gen_config,
-          jax.device_get(state.ema_variables()),
-          source={'job': 'gan', 'data': config.data.name, 'steps': total_steps, 'seed': config.seed},
-      )
-    reporting.save_png(os.path.join(workdir, 'samples.png'), write_samples(total_steps))
-  results = {
-      'steps': total_steps,
-      'kimg': total_steps * batch_size / 1e3,
-      'generator': generator_dir,
-      'train_examples': len(source),
-  }
-  reporting.write_results(workdir, results)
-  writer.close()
-  ckpt.close()
-  logging.info('Done: %s', results)
-  return results
+    # ---------------------------------------------------------------- export G_ema
+    generator_dir = os.path.join(workdir, GENERATOR_DIR)
+    if jax.process_index() == 0:
+      if not os.path.exists(os.path.join(generator_dir, generator_io.CONFIG_FILE)):
+        generator_io.save_generator(
+            generator_dir,
+            gen_config,
+            jax.device_get(state.ema_variables()),
+            source={'job': 'gan', 'data': config.data.name, 'steps': total_steps, 'seed': config.seed},
+        )
+      reporting.save_png(os.path.join(workdir, 'samples.png'), write_samples(total_steps))
+    results = {
+        'steps': total_steps,
+        'kimg': total_steps * batch_size / 1e3,
+        'generator': generator_dir,
+        'train_examples': len(source),
+    }
+    reporting.write_results(workdir, results)
+    writer.close()
+    logging.info('Done: %s', results)
+    return results
 
 
 run = train_gan  # the `gan` job (mi_jax/jobs.py)

@@ -12,6 +12,8 @@ import numpy as np
 import PIL.Image
 import tensorboardX
 
+from mi_jax import errors
+
 
 def format_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
@@ -52,27 +54,43 @@ def _leaves(tree, prefix: str = '') -> dict:
   return out
 
 
-class DifferentRunError(ValueError):
+def differing_leaves(old: dict, new: dict) -> dict:
+  """{dotted path: (old value, new value)} of every leaf where two JSON-like trees differ."""
+  old, new = _leaves(old), _leaves(new)
+  return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+class DifferentRunError(errors.MiJaxError, ValueError):
   """A workdir that holds another run than the config describes."""
 
 
-def check_same_run(saved: dict, current: dict, where: str, what: str = 'run'):
+def check_same_run(saved: dict, current: dict, where: str, what: str = 'run', hint: str = ''):
   """Raises DifferentRunError listing every leaf (dotted) where `current` differs from `saved`.
 
   Both are the identity of a run: the config fields whose change makes its saved state meaningless.
+  `hint` replaces the closing advice.
   """
-  old, new = _leaves(saved), _leaves(current)
   diffs = [
-      f'  config.{k}: {where} has {old.get(k)!r}, the config has {new.get(k)!r}'
-      for k in sorted(set(old) | set(new))
-      if old.get(k) != new.get(k)
+      f'  config.{k}: {where} has {old!r}, the config has {new!r}'
+      for k, (old, new) in differing_leaves(saved, current).items()
   ]
   if diffs:
     raise DifferentRunError(
         f'{where} holds a different {what}:\n'
         + '\n'.join(diffs)
-        + '\nUse a fresh --workdir, or relaunch with the config it was started with.'
+        + '\n'
+        + (hint or 'Use a fresh --workdir, or relaunch with the config it was started with.')
     )
+
+
+def append_history(workdir: str, event: dict):
+  """Adds `event` (with the time) to `<workdir>/run_history.json`: what a relaunch changed in a run."""
+  path = os.path.join(workdir, 'run_history.json')
+  history = []
+  if os.path.exists(path):
+    with open(path) as f:
+      history = json.load(f)
+  write_json(path, history + [{'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), **event}])
 
 
 def save_npz(path: str, **arrays):
@@ -89,13 +107,24 @@ def write_results(workdir: str, results: dict):
   write_json(os.path.join(workdir, 'results.json'), results)
 
 
-def check_finite(step: int, metrics: dict, workdir: str, hint: str):
-  """Stops a run whose logged metrics went NaN/inf, before anything bad is checkpointed."""
-  bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+class NonFiniteError(errors.MiJaxError, FloatingPointError):
+  """Training diverged: a logged or test metric is NaN or infinite (or a loss exploded)."""
+
+
+def check_finite(
+    step: int, metrics: dict, workdir: str, hint: str, what: str = 'training metrics', loss_limit: float = 0.0
+):
+  """Stops a run whose metrics went NaN/inf (or a loss past `loss_limit` > 0), before it is checkpointed."""
+  bad = {
+      k: v
+      for k, v in metrics.items()
+      if not np.isfinite(v) or (loss_limit > 0 and k.endswith('loss') and v > loss_limit)
+  }
   if bad:
-    raise FloatingPointError(
-        f'non-finite training metrics at step {step}: {bad}. Nothing after the last checkpoint was saved; '
-        f'the checkpoints in {workdir}/checkpoints are intact. {hint}'
+    limit = f' (a loss above {loss_limit:g} counts as diverged: config.train.diverged_loss)' if loss_limit > 0 else ''
+    raise NonFiniteError(
+        f'diverged: {what} at step {step}: {bad}{limit}. Nothing after the last checkpoint in {workdir}/checkpoints '
+        f'was saved. {hint}'
     )
 
 

@@ -62,6 +62,12 @@ def validate_config(config: ml_collections.ConfigDict):
   check(config.data.worker_count >= 0, 'data.worker_count', config.data.worker_count, 'expected >= 0')
   check(config.optim.lr > 0, 'optim.lr', config.optim.lr, 'expected > 0')
   check(
+      config.train.diverged_loss >= 0,
+      'train.diverged_loss',
+      config.train.diverged_loss,
+      'expected >= 0 (0 = stop on NaN/inf only)',
+  )
+  check(
       list(config.optim.lr_milestones) == sorted(config.optim.lr_milestones),
       'optim.lr_milestones',
       config.optim.lr_milestones,
@@ -103,6 +109,18 @@ def evaluate(eval_step, state, source, data_config, batch_size: int, mesh) -> di
       'test_accuracy': totals['top1'] / count,
       'test_top5': totals['top5'] / count,
   }
+
+
+def chance_level_warnings(test_metrics: dict, num_classes: int) -> list[str]:
+  """A warning when the final test accuracy is below twice chance: the run learned nothing (or diverged)."""
+  chance = 1.0 / num_classes
+  accuracy = test_metrics['test_accuracy']
+  if accuracy >= 2 * chance:
+    return []
+  return [
+      f'final test accuracy {accuracy:.4f} is near chance (1/{num_classes} = {chance:.4f}), test loss '
+      f'{test_metrics["test_loss"]:.4g}: the model did not learn. Check config.optim.lr, the data and init_file.'
+  ]
 
 
 def train_and_evaluate(
@@ -147,88 +165,98 @@ def train_and_evaluate(
   regularizer = bido.make_regularizer(config.bido, num_classes) if bido.is_enabled(config.bido) else None
   train_step, eval_step = steps.compile_steps(mesh, learning_rate_fn, regularizer, config.train.aux_loss_weight)
 
-  ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints)
-  imported = total_steps == 0  # train.epochs = 0: the init_file is the model, used as it is
-  if init_variables is None and config.model.init_file:
-    init_variables = functools.partial(convert.init_from_file, config.model, as_is=imported)
-  replicated = sharding.replicated(mesh)
-  state, data_state, start_step = loop.restore_latest(ckpt, jax.device_put(state, replicated), config, workdir)
-  if start_step:
-    logging.info('Resuming from %s/checkpoints/%d (epoch %.2f)', workdir, start_step, start_step / steps_per_epoch)
-  elif init_variables is not None:  # a fresh run starts from given weights (a file, TTS's stage 1)
-    start = init_variables({'params': state.params, 'batch_stats': state.batch_stats})
-    state = jax.device_put(state.replace(params=start['params'], batch_stats=start['batch_stats']), replicated)
-  train_iter = (
-      None
-      if imported
-      else loop.resumed_iterator(
-          pipeline.train_dataset(train_source, config.data, batch_size, config.train.epochs, config.seed), data_state
-      )
-  )
+  # However the job ends (an error, Ctrl-C, SIGTERM), the checkpoint save in flight completes first.
+  with checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints) as ckpt:
+    imported = total_steps == 0  # train.epochs = 0: the init_file is the model, used as it is
+    if init_variables is None and config.model.init_file:
+      init_variables = functools.partial(convert.init_from_file, config.model, as_is=imported)
+    replicated = sharding.replicated(mesh)
+    state, data_state, start_step = loop.restore_latest(ckpt, jax.device_put(state, replicated), config, workdir)
+    if start_step:
+      logging.info('Resuming from %s/checkpoints/%d (epoch %.2f)', workdir, start_step, start_step / steps_per_epoch)
+    elif init_variables is not None:  # a fresh run starts from given weights (a file, TTS's stage 1)
+      start = init_variables({'params': state.params, 'batch_stats': state.batch_stats})
+      state = jax.device_put(state.replace(params=start['params'], batch_stats=start['batch_stats']), replicated)
+    train_iter = (
+        None
+        if imported
+        else loop.resumed_iterator(
+            pipeline.train_dataset(train_source, config.data, batch_size, config.train.epochs, config.seed), data_state
+        )
+    )
 
-  writer = reporting.MetricWriter(workdir, resume_step=start_step)
-  progress = reporting.Progress(total_steps, batch_size)
-  logging.info(
-      'Training %s on %s: %d examples, %d steps/epoch, %d steps, %d devices',
-      config.model.name,
-      config.data.name,
-      len(train_source),
-      steps_per_epoch,
-      total_steps,
-      mesh.devices.size,
-  )
+    writer = reporting.MetricWriter(workdir, resume_step=start_step)
+    progress = reporting.Progress(total_steps, batch_size)
+    logging.info(
+        'Training %s on %s: %d examples, %d steps/epoch, %d steps, %d devices',
+        config.model.name,
+        config.data.name,
+        len(train_source),
+        steps_per_epoch,
+        total_steps,
+        mesh.devices.size,
+    )
 
-  # ---------------------------------------------------------------- loop
-  window = loop.MetricWindow()
-  test_metrics = {}
-  for step in range(start_step + 1, total_steps + 1):
-    batch = next(train_iter)
-    if step == 1:
-      grid = reporting.image_grid(batch['image'][:64])
-      reporting.save_png(os.path.join(workdir, 'train_inputs.png'), grid)
-      writer.write_images(0, 'train_inputs', grid)
-    state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
-    window.add(metrics)
+    # ---------------------------------------------------------------- loop
+    window = loop.MetricWindow()
+    test_metrics = {}
+    diverged_hint = (
+        f'Lower config.optim.lr and relaunch with --config.{loop.NEW_OPTIM_FLAG}=True to continue from the last '
+        'checkpoint (the change is recorded in run_history.json), or start afresh in a new --workdir.'
+    )
+    for step in range(start_step + 1, total_steps + 1):
+      batch = next(train_iter)
+      if step == 1:
+        grid = reporting.image_grid(batch['image'][:64])
+        reporting.save_png(os.path.join(workdir, 'train_inputs.png'), grid)
+        writer.write_images(0, 'train_inputs', grid)
+      state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
+      window.add(metrics)
 
-    if step % config.train.log_every_steps == 0 or step % eval_every == 0 or step == total_steps:
-      summary = window.flush(step, workdir, 'Lower config.optim.lr or check the data.', prefix='train_')
-      summary['epoch'] = step / steps_per_epoch
-      writer.write_scalars(step, summary)
-      progress.update(step, {'loss': summary['train_loss'], 'acc': summary['train_accuracy']})
-    else:
-      progress.update(step)
+      if step % config.train.log_every_steps == 0 or step % eval_every == 0 or step == total_steps:
+        summary = window.flush(step, workdir, diverged_hint, prefix='train_', loss_limit=config.train.diverged_loss)
+        summary['epoch'] = step / steps_per_epoch
+        writer.write_scalars(step, summary)
+        progress.update(step, {'loss': summary['train_loss'], 'acc': summary['train_accuracy']})
+      else:
+        progress.update(step)
 
-    if step % eval_every == 0 or step == total_steps:
-      test_metrics = evaluate(eval_step, state, test_source, config.data, batch_size, mesh)
-      writer.write_scalars(step, test_metrics)
-      logging.info('epoch %.2f: %s', step / steps_per_epoch, ', '.join(f'{k}={v:.4f}' for k, v in test_metrics.items()))
-      ckpt.save(step, state, train_iter.get_state(), config, test_metrics)
-    if on_step is not None:
-      ckpt.wait()
-      on_step(step)
+      if step % eval_every == 0 or step == total_steps:
+        test_metrics = evaluate(eval_step, state, test_source, config.data, batch_size, mesh)
+        writer.write_scalars(step, test_metrics)
+        logging.info(
+            'epoch %.2f: %s', step / steps_per_epoch, ', '.join(f'{k}={v:.4f}' for k, v in test_metrics.items())
+        )
+        reporting.check_finite(step, test_metrics, workdir, diverged_hint, 'test metrics', config.train.diverged_loss)
+        ckpt.save(step, state, train_iter.get_state(), config, test_metrics)
+      if on_step is not None:
+        ckpt.wait()
+        on_step(step)
 
-  ckpt.wait()
-  if not test_metrics:  # resumed a finished run (or an imported model): report its final state
-    test_metrics = evaluate(eval_step, state, test_source, config.data, batch_size, mesh)
-  if imported and ckpt.latest_step() is None:
-    ckpt.save(0, state, {}, config, test_metrics)
     ckpt.wait()
-  best_step = ckpt.best_step()
-  results = {
-      **{k: float(v) for k, v in test_metrics.items()},
-      'step': total_steps,
-      'best_step': best_step,
-      'best': {k: float(v) for k, v in ckpt.metrics(best_step).items()} if best_step is not None else {},
-      'num_classes': num_classes,
-      'train_examples': len(train_source),
-      'test_examples': len(test_source),
-      'steps_per_epoch': steps_per_epoch,
-  }
-  reporting.write_results(workdir, results)
-  writer.close()
-  ckpt.close()
-  logging.info('Done: %s', results)
-  return results
+    if not test_metrics:  # resumed a finished run (or an imported model): report its final state
+      test_metrics = evaluate(eval_step, state, test_source, config.data, batch_size, mesh)
+    if imported and ckpt.latest_step() is None:
+      ckpt.save(0, state, {}, config, test_metrics)
+      ckpt.wait()
+    best_step = ckpt.best_step()
+    results = {
+        **{k: float(v) for k, v in test_metrics.items()},
+        'step': total_steps,
+        'best_step': best_step,
+        'best': {k: float(v) for k, v in ckpt.metrics(best_step).items()} if best_step is not None else {},
+        'num_classes': num_classes,
+        'train_examples': len(train_source),
+        'test_examples': len(test_source),
+        'steps_per_epoch': steps_per_epoch,
+        'warnings': chance_level_warnings(test_metrics, num_classes),
+    }
+    for warning in results['warnings']:
+      logging.warning('%s', warning)
+    reporting.write_results(workdir, results)
+    writer.close()
+    logging.info('Done: %s', results)
+    return results
 
 
 run = train_and_evaluate  # the `train` job (mi_jax/jobs.py)
