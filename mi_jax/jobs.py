@@ -21,6 +21,7 @@ JOBS = {
     'train': 'mi_jax.train.trainer',
     'tts': 'mi_jax.defenses.tts',
     'gan': 'mi_jax.train.gan',
+    'gan64': 'mi_jax.train.gan64',
     'import_stylegan': 'mi_jax.convert.stylegan',
     'attack_ppa': 'mi_jax.attacks.ppa',
     'evaluate': 'mi_jax.metrics.evaluate',
