@@ -25,6 +25,8 @@ import numpy as np
 
 from mi_jax import errors
 from mi_jax.data import transforms
+from mi_jax.gan64 import checkpoint as gan_io
+from mi_jax.gan64 import networks as gan_networks
 from mi_jax.stylegan import checkpoint as generator_io
 from mi_jax.stylegan import networks
 
@@ -84,16 +86,29 @@ def optimized_latents(workdir: str):
 
 
 def make_renderer(workdir: str, antialias: bool | None = None):
-  """render(w [B, w_dim], size) -> float images [B, size, size, C] framed as the attack framed them.
+  """render(w [B, latent_dim], size) -> float images [B, size, size, C] in about [-1, 1], framed as the attack framed them.
 
-  The generator (const noise, one w for every layer) and the centre crop of the attack in `workdir`,
-  then the resize to `size`, antialiased per `antialias` (None: as the attack's own resizes).
+  A StyleGAN2 attack (PPA): the generator (const noise, one w for every layer), the attack's centre crop,
+  then the resize to `size`. A low-resolution GAN attack (GMI, KEDMI): the generator on z, mapped from
+  [0, 1] to [-1, 1], then the resize. Resizes antialiased per `antialias` (None: as the attack's own).
   """
   settings = read_attack(workdir)['settings']
-  gen_config, gen_vars, _ = generator_io.load_generator(settings['generator']['dir'])
+  generator_dir = settings['generator']['dir']
+  antialias = settings['attack'].get('antialias', True) if antialias is None else antialias
+  if os.path.exists(os.path.join(os.path.expanduser(generator_dir), gan_io.META_FILE)):
+    gan_config, _, g_vars, _ = gan_io.load_gan(generator_dir)
+    gan64_generator = gan_networks.Generator(gan_config)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def render_gan64(z, size):
+      images = gan64_generator.apply(g_vars, z) * 2.0 - 1.0
+      return images if size == images.shape[1] else transforms.resize(images, size, antialias)
+
+    return render_gan64
+
+  gen_config, gen_vars, _ = generator_io.load_generator(generator_dir)
   G = networks.Generator(gen_config)
   crop = settings['attack']['center_crop']
-  antialias = settings['attack'].get('antialias', True) if antialias is None else antialias
 
   @functools.partial(jax.jit, static_argnums=1)
   def render(w, size):

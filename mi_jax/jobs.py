@@ -24,6 +24,8 @@ JOBS = {
     'gan64': 'mi_jax.train.gan64',
     'import_stylegan': 'mi_jax.convert.stylegan',
     'attack_ppa': 'mi_jax.attacks.ppa',
+    'attack_gmi': 'mi_jax.attacks.gmi',
+    'attack_kedmi': 'mi_jax.attacks.gmi',
     'evaluate': 'mi_jax.metrics.evaluate',
     'reproduce': 'mi_jax.reproduce',
 }

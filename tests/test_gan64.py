@@ -13,67 +13,7 @@ torch = pytest.importorskip('torch')
 tnn = torch.nn
 
 
-# ------------------------------------------------------------------ torch definitions, as the reference repositories
-# lay them out (module names give the published state-dict keys)
-
-
-def _up(i, o):
-  return tnn.Sequential(
-      tnn.ConvTranspose2d(i, o, 5, 2, padding=2, output_padding=1, bias=False), tnn.BatchNorm2d(o), tnn.ReLU()
-  )
-
-
-class TorchGenerator(tnn.Module):
-
-  def __init__(self, z_dim=100, dim=64, channels=3, stages=4):
-    super().__init__()
-    self.base = dim * 2 ** (stages - 1)
-    self.l1 = tnn.Sequential(tnn.Linear(z_dim, self.base * 16, bias=False), tnn.BatchNorm1d(self.base * 16), tnn.ReLU())
-    ups = [_up(self.base // 2**i, self.base // 2 ** (i + 1)) for i in range(stages - 1)]
-    last = tnn.ConvTranspose2d(dim, channels, 5, 2, padding=2, output_padding=1)
-    self.l2_5 = tnn.Sequential(*ups, last, tnn.Sigmoid())
-
-  def forward(self, z):
-    return self.l2_5(self.l1(z).view(z.shape[0], -1, 4, 4))
-
-
-def _conv_in_lrelu(i, o, k=5, s=2, p=2):
-  return tnn.Sequential(tnn.Conv2d(i, o, k, s, p), tnn.InstanceNorm2d(o, affine=True), tnn.LeakyReLU(0.2))
-
-
-class TorchWGANCritic(tnn.Module):
-
-  def __init__(self, channels=3, dim=64, stages=4):
-    super().__init__()
-    blocks = [_conv_in_lrelu(dim * 2 ** (i - 1), dim * 2**i) for i in range(1, stages)]
-    self.ls = tnn.Sequential(
-        tnn.Conv2d(channels, dim, 5, 2, 2), tnn.LeakyReLU(0.2), *blocks, tnn.Conv2d(dim * 2 ** (stages - 1), 1, 4)
-    )
-
-  def forward(self, x):
-    return self.ls(x).view(-1)
-
-
-class TorchMinibatchCritic(tnn.Module):
-
-  def __init__(self, channels=3, dim=64, classes=1000, kernels=64, kernel_dim=50):
-    super().__init__()
-    self.layer1 = _conv_in_lrelu(channels, dim)
-    self.layer2 = _conv_in_lrelu(dim, dim * 2)
-    self.layer3 = _conv_in_lrelu(dim * 2, dim * 4)
-    self.layer4 = _conv_in_lrelu(dim * 4, dim * 4, 3, 2, 1)
-    features = dim * 4 * 16
-    self.kernels, self.kernel_dim = kernels, kernel_dim
-    self.mbd1 = tnn.Module()
-    self.mbd1.T = tnn.Parameter(torch.randn(features, kernels, kernel_dim))
-    self.fc_layer = tnn.Linear(features + kernels, classes)
-
-  def forward(self, x):
-    feat = self.layer4(self.layer3(self.layer2(self.layer1(x)))).view(x.shape[0], -1)
-    M = (feat @ self.mbd1.T.view(feat.shape[1], -1)).view(-1, self.kernels, self.kernel_dim)
-    l1 = (M.unsqueeze(0) - M.unsqueeze(1)).abs().sum(3)  # [N, N, B]
-    closeness = torch.exp(-l1).sum(0) - 1
-    return feat, self.fc_layer(torch.cat([feat, closeness], 1))
+from torch_gan64 import TorchGenerator, TorchMinibatchCritic, TorchWGANCritic  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _randomise(module, seed=0):
@@ -318,3 +258,25 @@ def test_kedmi_gan_needs_a_target_of_its_size(tmp_path, tfds_dir, tiny_target):
 def test_a_directory_without_a_gan_is_named(tmp_path):
   with pytest.raises(gan_io.GanDirectoryError, match=r'config.generator.dir=.*holds no gan64.json'):
     gan_io.load_gan(str(tmp_path))
+
+
+@pytest.mark.parametrize('kind', ['wgan_gp', 'kedmi'])
+def test_published_files_import_into_a_gan_directory(tmp_path, kind):
+  """Generator and critic saved as the reference code saves them -> a GAN directory whose networks give torch's outputs."""
+  generator = _randomise(TorchGenerator(dim=8))
+  critic = _randomise(TorchWGANCritic(dim=8) if kind == 'wgan_gp' else TorchMinibatchCritic(dim=8, classes=7))
+  for name, net in (('G', generator), ('D', critic)):
+    torch.save({'state_dict': {f'module.{k}': v for k, v in net.state_dict().items()}}, tmp_path / f'{name}.tar')
+  config, got_kind = gan64_convert.import_files(str(tmp_path / 'G.tar'), str(tmp_path / 'D.tar'), str(tmp_path / 'gan'))
+  assert got_kind == kind and (config.resolution, config.width, config.z_dim) == (64, 8, 100)
+  loaded_config, loaded_kind, g_vars, d_vars = gan_io.load_gan(str(tmp_path / 'gan'))
+  assert loaded_config == config and loaded_kind == kind
+  z = np.random.RandomState(6).randn(3, 100).astype(np.float32)
+  images = networks.Generator(config).apply(g_vars, z)
+  np.testing.assert_allclose(images, generator(torch.from_numpy(z)).detach().numpy().transpose(0, 2, 3, 1), atol=2e-5)
+  critic_net = networks.WGANCritic(config) if kind == 'wgan_gp' else networks.MinibatchCritic(config)
+  expected = critic(torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2)))
+  got = critic_net.apply(d_vars, images)
+  if kind == 'kedmi':
+    got, expected = got[1], expected[1]
+  np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-4, atol=1e-4)

@@ -313,3 +313,42 @@ def test_repvgg_deployed_form_has_the_same_gradients(tmp_path):
   assert results['max_rel_diff_deployed'] < 1e-10 < 1e-3 < results['max_rel_diff_removed']
   path = repvgg_equivalence.plot_repvgg_equivalence(str(tmp_path / 'repvgg.png'), results)
   assert os.path.getsize(path) > 1000
+
+
+@pytest.mark.slow
+def test_study_runs_two_attacks_on_every_target(tmp_path, tfds_dir):
+  """PPA (StyleGAN2 prior) and GMI (low-resolution GAN prior) on the same cells: a row per cell and attack."""
+  from configs import attack_gmi  # pylint: disable=g-import-not-at-top
+  from mi_jax.gan64 import checkpoint as gan_io, networks as gan_networks  # pylint: disable=g-import-not-at-top
+
+  G = networks.Generator(GEN)
+  save_generator(str(tmp_path / 'generator'), GEN, jax.jit(G.init)(jax.random.key(0), jnp.zeros((1, GEN.z_dim))))
+  gan = gan_networks.GanConfig(resolution=16, img_channels=1, z_dim=8, width=4)
+  images = jnp.zeros((2, 16, 16, 1))
+  gan_io.save_gan(
+      str(tmp_path / 'gan'),
+      gan,
+      'wgan_gp',
+      gan_networks.Generator(gan).init(jax.random.key(1), jnp.zeros((2, 8))),
+      gan_networks.WGANCritic(gan).init(jax.random.key(2), images),
+      source={'test': True},
+  )
+  config = tiny_study_config(tmp_path, tfds_dir)
+  config.study.defenses = ('none', 'rolss')
+  config.study.attacks = ('ppa', 'gmi')
+  config.attacks.gmi = attack_gmi.get_config()
+  config.attacks.gmi.generator.dir = str(tmp_path / 'gan')
+  config.attacks.gmi.attack.update(num_classes=0, batch_size=5, steps=3, restarts=2)
+  workdir = str(tmp_path / 'study')
+  rows = jobs.run(config, workdir)
+  assert sorted((r['defense'], r['attack']) for r in rows) == [
+      ('No defense', 'gmi'),
+      ('No defense', 'ppa'),
+      ('RoLSS', 'gmi'),
+      ('RoLSS', 'ppa'),
+  ]
+  gmi_rows = [r for r in rows if r['attack'] == 'gmi']
+  assert all(r['images'] == 5 and 0 <= r['attack_acc_top1'] <= 1 for r in gmi_rows)  # one kept per class
+  assert '| resnet18 | RoLSS | gmi |' in open(os.path.join(workdir, 'results.md')).read()
+  for name in ('gradient_flow_resnet18_ppa.png', 'gradient_flow_resnet18_gmi.png'):
+    assert os.path.getsize(os.path.join(workdir, 'figures', name)) > 1000

@@ -7,14 +7,20 @@ with or without DataParallel's `module.` prefix and a `{'state_dict': ...}` wrap
                    l2_5.<last> (ConvTranspose2d with bias)
   WGAN critic      ls.0 (Conv2d), ls.<i>.0 (Conv2d), ls.<i>.1 (InstanceNorm2d), ls.<last> (Conv2d 4x4)
   minibatch critic layer<k>.0 (Conv2d), layer<k>.1 (InstanceNorm2d), mbd1.T, fc_layer (Linear)
+
+`import_files` writes a GAN directory (mi_jax/gan64/checkpoint.py) from a generator and a critic file,
+its architecture read off the tensors' shapes.
 """
 
+import os
 import re
 
 from flax import traverse_util
 import numpy as np
 
 from mi_jax.convert import torchvision as tv_convert
+from mi_jax.gan64 import checkpoint as gan_io
+from mi_jax.gan64 import networks
 
 _BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'), 'running_mean': ('batch_stats', 'mean')}
 _BN['running_var'] = ('batch_stats', 'var')
@@ -103,3 +109,40 @@ def to_flax(state_dict: dict, network: str, num_stages: int) -> dict:
 def read(path: str, network: str, num_stages: int) -> dict:
   """to_flax of the torch file at `path` (read with torch.load(weights_only=True))."""
   return to_flax(tv_convert.read_state_dict(path), network, num_stages)
+
+
+def config_from_state_dicts(generator: dict, critic: dict) -> tuple[networks.GanConfig, str]:
+  """(GanConfig, kind) read off the shapes of published generator and critic state dicts."""
+  generator, critic = tv_convert.clean_state_dict(generator), tv_convert.clean_state_dict(critic)
+  ups = sorted({int(m.group(1)) for k in generator if (m := re.fullmatch(r'l2_5\.(\d+)\..*', k))})
+  if 'l1.0.weight' not in generator or not ups:
+    raise ValueError(f'not a GMI/KEDMI generator state dict (keys {sorted(generator)[:5]}...)')
+  last = generator[f'l2_5.{ups[-1]}.weight']  # [width, channels, 5, 5]
+  kind = 'wgan_gp' if 'ls.0.weight' in critic else 'kedmi' if 'mbd1.T' in critic else None
+  if kind is None:
+    raise ValueError(f'not a DGWGAN or MinibatchDiscriminator state dict (keys {sorted(critic)[:5]}...)')
+  extra = {}
+  if kind == 'kedmi':
+    T = critic['mbd1.T']
+    head = critic.get('fc_layer.weight', critic.get('fc_layer.0.weight'))
+    extra = dict(num_classes=head.shape[0], mbd_kernels=T.shape[1], mbd_kernel_dim=T.shape[2])
+  config = networks.GanConfig(
+      resolution=2 ** (len(ups) + 2),
+      img_channels=last.shape[1],
+      z_dim=generator['l1.0.weight'].shape[1],
+      width=last.shape[0],
+      **extra,
+  )
+  return config, kind
+
+
+def import_files(generator_path: str, critic_path: str, out_dir: str) -> tuple[networks.GanConfig, str]:
+  """Published GMI/KEDMI weights (e.g. `celeba_G.tar` + `celeba_D.tar`, `improved_celeba_G.tar` +
+  `improved_celeba_D.tar`) -> a GAN directory at `out_dir` that the gan64 attacks read."""
+  generator, critic = tv_convert.read_state_dict(generator_path), tv_convert.read_state_dict(critic_path)
+  config, kind = config_from_state_dicts(generator, critic)
+  g_vars = to_flax(generator, 'generator', config.num_stages)
+  d_vars = to_flax(critic, 'wgan_critic' if kind == 'wgan_gp' else 'minibatch_critic', config.num_stages)
+  source = {'generator_file': os.path.abspath(generator_path), 'critic_file': os.path.abspath(critic_path)}
+  gan_io.save_gan(out_dir, config, kind, g_vars, {'params': d_vars['params']}, source)
+  return config, kind
