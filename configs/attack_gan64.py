@@ -62,7 +62,8 @@ def get_config(method: str, arg=None):
   config.attack.lomma.public_samples = 5000  # LOMMA's p_reg: public images averaged (its loop takes 5,050).
   config.attack.lomma.surrogates = ()  # LOMMA's model augmentation: workdirs of models distilled from the target.
   config.public_data = common.base_config().data  # LOMMA's p_reg images: the GAN's public set.
-  config.public_data.name = 'image_folder/celeba64_public'
+  config.public_data.name = 'celeba_gmi/public'
+  config.public_data.image_size = 64
 
   if arg.lomma:
     config.attack.lomma.identity_loss = 'logit'

@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.init_reinit = ('fc', 'classifier')  # Leaves of init_file not to load: the head (other class count).
   config.model.transform_input = False  # Inception-v3: torchvision's re-normalisation to ImageNet statistics.
   config.model.aux_logits = False  # Inception-v3: the auxiliary head (trained, unused in evaluation).
+  config.model.unit_range_input = False  # VGG16-64/IR nets: (x + 1) / 2 first, for the reference's [0, 1] weights.
   config.model.legacy_stage3_split = 1.0  # ResNet: the RoLSS release's split=0.8 leftover (models/resnet.py); 1 = off.
 
   config.data = ml_collections.ConfigDict()
@@ -67,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.train_split = 'train'
   config.data.test_split = 'test'
   config.data.image_size = 224  # Model input size (square).
+  config.data.center_crop = 0  # A centred box of each stored image before the resize; 0 = none (FFHQ-64: 88).
   config.data.worker_count = 0  # grain worker processes; 0 = in-process (CPU/CI).
   config.data.bad_images = 'fail'  # Unreadable/truncated/empty image files at build: 'fail' naming each, or 'skip'.
   config.data.rebuild_if_changed = False  # manual_dir's files differ from the prepared set's: rebuild, else refuse.
@@ -96,6 +98,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.bido.a2 = 0.0  # Weight of -sum_j nHSIC(Z_j, Y): label information in the features.
   config.bido.sigma = 5.0  # Gaussian kernel width (the official default).
   config.bido.label_kernel = 'linear'  # Kernel on one-hot labels: 'linear' (official default) or 'gaussian'.
+
+  config.distill = ml_collections.ConfigDict()  # LOMMA's surrogate models: learn a teacher's outputs.
+  config.distill.teacher = ''  # A classifier's train workdir; '' = ordinary training on labels.
+  config.distill.temperature = 1.0  # LOMMA: T = 1.
+  config.distill.data = ml_collections.ConfigDict(config.data.to_dict())  # The images to distil on (public);
+  # config.data still gives the test split the student is measured on and the input size.
 
   config.train = ml_collections.ConfigDict()
   config.train.epochs = 100  # 0: no training, init_file is used as it is (an imported model).

@@ -1,15 +1,13 @@
 """Train the GAN of the low-resolution MI protocol: GMI's WGAN-GP (default) or KEDMI's (`kedmi`).
 
-  python launch.py --config=configs/gan64.py --workdir=~/gans/celeba64_gmi \\
-      --config.data.manual_dir=/data/celeba_public
+  python launch.py --config=configs/gan64.py --workdir=~/gans/celeba64_gmi --config.data.manual_dir=/data/celeba
   python launch.py --config=configs/gan64.py:kedmi --workdir=~/gans/celeba64_kedmi_vgg16 \\
-      --config.data.manual_dir=/data/celeba_public --config.gan.target.workdir=~/targets/vgg16
+      --config.data.manual_dir=/data/celeba --config.gan.target.workdir=~/targets/vgg16
 
 The reference recipe (GMI `Celeba/train_gan.py`, KEDMI `k+1_gan.py`): 64x64 public images in [0, 1],
 batch 64, Adam 2e-4 (0.5, 0.999), one generator step per 5 critic steps; GMI trains 280 epochs of the
 public set, KEDMI 120. `steps` counts critic steps (a batch each: 280 epochs of 30,000 images are
-131,250). The default data set is a folder of public face crops (64x64 after the protocol's centre crop)
-until the CelebA GMI-split builder lands.
+131,250). The data: CelebA's public (GAN) list of the GMI split, the protocol's crop (docs/lowres.md).
 
 Presets: `kedmi` (KEDMI's GAN for the target in config.gan.target.workdir), `demo` (MNIST-5k digits 5-9 at
 32x32, a few minutes on CPU), `tiny` (16x16 sklearn digits, seconds: a smoke test), `steps=N`.
@@ -29,7 +27,7 @@ def get_config(arg=None):
   config.matmul_precision = common.MATMUL_PRECISION
 
   config.data = common.base_config().data
-  config.data.name = 'image_folder/celeba64_public'
+  config.data.name = 'celeba_gmi/public'
   config.data.image_size = 64
 
   config.gan = ml_collections.ConfigDict()
@@ -63,7 +61,7 @@ def get_config(arg=None):
     config.train.update(checkpoint_every_steps=250, sample_every_steps=500)
     if arg.kedmi:  # three batches and the target's forward pass a step: about 6x slower than wgan_gp
       config.gan.target.workdir = 'workdir/baseline_demo'  # the demo target (configs/baseline.py:demo)
-      config.train.steps = 1000 if arg.steps == 131250 else arg.steps
+      config.train.steps = 3000 if arg.steps == 131250 else arg.steps
   if arg.tiny:
     config.data.image_size = 16
     config.gan.width = 8

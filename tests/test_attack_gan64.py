@@ -12,6 +12,7 @@ import pytest
 from mi_jax import attack_outputs, jobs
 from mi_jax.attacks import gmi, ppa
 from mi_jax.gan64 import losses as gan_losses
+from mi_jax.train import checkpoint
 
 
 def test_optax_nesterov_is_gmis_hand_written_update():
@@ -205,3 +206,50 @@ def test_bad_inputs_are_named(tiny_setup, tfds_dir, tmp_path):
   config.attack.keep = 3
   with pytest.raises(ppa.AttackError, match='attack.keep'):
     jobs.validate_config(config)
+
+
+# ------------------------------------------------------------------ LOMMA's surrogates: distillation
+
+
+def test_distillation_loss_is_torchs_kl_divergence():
+  torch = pytest.importorskip('torch')
+  from mi_jax.train import steps  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.RandomState(7)
+  student, teacher = rng.randn(4, 6).astype(np.float32), rng.randn(4, 6).astype(np.float32) * 2
+  for temperature in (1.0, 2.0):
+    s, t = torch.from_numpy(student) / temperature, torch.from_numpy(teacher) / temperature
+    kl = torch.nn.KLDivLoss(reduction='sum')(torch.log_softmax(s, 1), torch.softmax(t, 1))
+    expected = (kl / temperature**2 / 4).item()
+    np.testing.assert_allclose(steps.distillation_loss(student, teacher, temperature), expected, rtol=1e-5)
+  assert float(steps.distillation_loss(teacher, teacher, 1.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_surrogate_learns_the_target_on_public_images(tiny_setup, tfds_dir, tmp_path):
+  import csv  # pylint: disable=g-import-not-at-top
+
+  from configs import distill  # pylint: disable=g-import-not-at-top
+
+  config = distill.get_config('epochs=3')
+  config.data.update(name='digits_demo/private', data_dir=tfds_dir, image_size=16)
+  config.distill.data.update(name='digits_demo/public', data_dir=tfds_dir)
+  config.distill.teacher = tiny_setup['target']
+  config.model.update(num_classes=5, width=8, stem='small')
+  config.optim.lr = 0.05
+  config.num_devices, config.train.batch_size, config.train.log_every_steps = 1, 32, 5
+  workdir = str(tmp_path / 'surrogate')
+  results = jobs.run(config, workdir)
+  with open(os.path.join(workdir, 'metrics.csv')) as f:
+    rows = [r for r in csv.DictReader(f) if r.get('train_loss')]
+  assert float(rows[-1]['train_loss']) < 0.5 * float(rows[0]['train_loss'])
+  assert float(rows[-1]['train_teacher_agreement']) > 0.6
+  assert results['train_examples'] == 806  # the public digits 5-9, not the private 0-4
+  # The surrogate is a classifier workdir: LOMMA's attack averages over it.
+  attack = _attack_config('gmi', tiny_setup, tfds_dir, lomma=True)
+  attack.attack.lomma.surrogates = (workdir,)
+  attacked = jobs.run(attack, str(tmp_path / 'attack'))
+  assert attacked['lomma'] and attacked['classes'] == 5
+  config.distill.teacher = str(tmp_path)
+  with pytest.raises(checkpoint.CheckpointError, match='config.distill.teacher='):
+    jobs.run(config, str(tmp_path / 'other'))

@@ -254,3 +254,56 @@ def test_brightness_matches_definition():
   out = augment.color_jitter(img, 0.2, 0.0, 0.0, 0.0, np.random.default_rng(3))
   factor = np.random.default_rng(3).uniform(0.8, 1.2)
   np.testing.assert_allclose(np.asarray(out), np.clip(np.round(100 * factor), 0, 255), atol=1)
+
+
+def _fake_celeba(root, identities=4, per_identity=3, public=5):
+  """Aligned-CelebA-sized (178x218) images, GMI's list files (private with labels, public without)."""
+  rng = np.random.RandomState(0)
+  os.makedirs(root / 'img_align_celeba')
+  names = [f'{i:06d}.jpg' for i in range(1, identities * per_identity + public + 1)]
+  for name in names:
+    PIL.Image.fromarray(rng.randint(0, 255, (218, 178, 3), np.uint8)).save(root / 'img_align_celeba' / name, quality=95)
+  private = [(name, i // per_identity) for i, name in enumerate(names[: identities * per_identity])]
+  (root / 'trainset.txt').write_text(''.join(f'{n} {label}\n' for n, label in private if int(n[:6]) % per_identity))
+  (root / 'testset.txt').write_text(''.join(f'{n} {label}\n' for n, label in private if not int(n[:6]) % per_identity))
+  (root / 'ganset.txt').write_text(''.join(f'{n}\n' for n in names[identities * per_identity :]))
+  return names
+
+
+def test_celeba_gmi_split_keeps_the_lists_and_the_protocols_crop(tmp_path):
+  names = _fake_celeba(tmp_path / 'celeba')
+  private = sources.prepare(_data_config('celeba_gmi/private', str(tmp_path / 'tfds'), tmp_path / 'celeba'))
+  assert sources.num_classes(private) == 4
+  train, test = (_read_all(sources.get_source(private, s)) for s in ('train', 'test'))
+  assert len(train) == 8 and len(test) == 4 and sorted({r['label'] for r in test}) == [0, 1, 2, 3]
+  first = train[0]
+  with PIL.Image.open(tmp_path / 'celeba' / 'img_align_celeba' / first['file_name'].decode().split('/')[-1]) as img:
+    expected = np.asarray(img.convert('RGB'))[55:163, 35:143]  # GMI's box: rows 55:163, columns 35:143
+  np.testing.assert_array_equal(first['image'], expected)
+  public = sources.prepare(_data_config('celeba_gmi/public', str(tmp_path / 'tfds'), tmp_path / 'celeba'))
+  records = _read_all(sources.get_source(public, 'train'))
+  assert [r['file_name'].decode().split('/')[-1] for r in records] == names[12:] and {r['label'] for r in records} == {
+      -1
+  }
+
+
+def test_celeba_gmi_names_what_is_missing(tmp_path):
+  _fake_celeba(tmp_path / 'celeba')
+  os.remove(tmp_path / 'celeba' / 'img_align_celeba' / '000002.jpg')
+  with pytest.raises(
+      builders.MissingDataError, match=r'1 listed images are not in .*img_align_celeba: img_align_celeba/000002.jpg'
+  ):
+    sources.prepare(_data_config('celeba_gmi/private', str(tmp_path / 'tfds'), tmp_path / 'celeba'))
+  os.remove(tmp_path / 'celeba' / 'testset.txt')
+  with pytest.raises(builders.MissingDataError, match='no testset.txt or private_test.txt'):
+    sources.prepare(_data_config('celeba_gmi/private', str(tmp_path / 'tfds2'), tmp_path / 'celeba'))
+
+
+def test_center_crop_takes_torchvisions_box_before_the_resize():
+  image = np.arange(10 * 6 * 3, dtype=np.uint8).reshape(10, 6, 3)  # H 10, W 6
+  cropped = np.asarray(augment.center_crop(augment.to_pil(image), 4))
+  np.testing.assert_array_equal(cropped, image[3:7, 1:5])  # (10 - 4) // 2 = 3 rows, (6 - 4) // 2 = 1 column
+  out = pipeline.EvalTransform(image_size=2, center_crop=4).map({'image': image, 'label': 0})
+  assert out['image'].shape == (2, 2, 3)
+  with pytest.raises(ValueError, match='config.data.center_crop=8 exceeds a 6x10 image'):
+    augment.center_crop(augment.to_pil(image), 8)

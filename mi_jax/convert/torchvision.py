@@ -98,14 +98,44 @@ def _generic_flax_path(module, field):
   return 'params', f'{name}/bias', None
 
 
+def _typed_to_flax(state_dict: dict) -> dict:
+  """Modules named as in torch (`_generic_flax_path`), each typed by its tensors: a module with running
+  statistics is a BatchNorm, a 4-D weight a conv, a 2-D weight a linear layer, a lone 1-D weight a PReLU
+  (`alpha`). A BatchNorm shift the reference keeps frozen at 0 is dropped when it is 0."""
+  modules = {}
+  for key, value in state_dict.items():
+    module, _, field = key.rpartition('.')
+    modules.setdefault(module, {})[field] = value
+  flat = {}
+  for module, fields in modules.items():
+    path = _generic_flax_path(module.split('.'), 'bias')[1].rpartition('/')[0]
+    if 'running_mean' in fields:
+      for field, value in fields.items():
+        if field == 'num_batches_tracked' or (field == 'bias' and module == 'bn' and not np.any(value)):
+          continue
+        collection, flax_field = _BN_FIELDS[field]
+        flat[f'{collection}/{path}/{flax_field}'] = value
+    elif fields.get('weight') is not None and fields['weight'].ndim == 1 and 'bias' not in fields:
+      flat[f'params/{path}/alpha'] = fields['weight']
+    else:
+      for field, value in fields.items():
+        if field == 'weight':
+          value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+          field = 'kernel'
+        flat[f'params/{path}/{field}'] = value
+  return traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in flat.items()}, sep='/')
+
+
 def to_flax(state_dict: dict, kind: str) -> dict:
   """torch state dict -> {'params': ..., 'batch_stats': ...} with Flax layouts.
 
   kind: 'resnet' or 'densenet' (torchvision's key names, legacy DenseNet keys included), or
   'generic' for models whose Flax names mirror the torch modules (Inception-v3, FID Inception,
   FaceNet)."""
+  if kind == 'typed':  # the low-resolution protocol's VGG16 and IR networks (models/evolve.py)
+    return _typed_to_flax(state_dict)
   if kind not in ('resnet', 'densenet', 'generic'):
-    raise ValueError(f"kind {kind!r}: expected 'resnet', 'densenet' or 'generic'")
+    raise ValueError(f"kind {kind!r}: expected 'resnet', 'densenet', 'generic' or 'typed'")
   flat = {}
   for key, value in state_dict.items():
     mapped = _flax_path(key, kind)

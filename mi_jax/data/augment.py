@@ -30,6 +30,16 @@ def normalize(img: PIL.Image.Image) -> np.ndarray:
   return x / 127.5 - 1.0
 
 
+def center_crop(img: PIL.Image.Image, size: int) -> PIL.Image.Image:
+  """The centred size x size box (torchvision's CenterCrop offsets: (H - size) // 2, (W - size) // 2); 0 = the image."""
+  if not size or img.size == (size, size):
+    return img
+  if size > min(img.size):
+    raise ValueError(f'config.data.center_crop={size} exceeds a {img.size[0]}x{img.size[1]} image')
+  left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+  return img.crop((left, top, left + size, top + size))
+
+
 def resize(img: PIL.Image.Image, size: int) -> PIL.Image.Image:
   """Resize to (size, size), bilinear with antialiasing (PIL's resize filters over the support)."""
   if img.size == (size, size):

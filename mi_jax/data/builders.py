@@ -288,6 +288,104 @@ class ImageFolder(_LabelledImages):
     return classes, samples, []
 
 
+# GMI/KEDMI's crop of aligned CelebA (178x218): the centred 108x108 box, rows 55:163 and columns 35:143
+# (their dataloader.py); the pipeline then resizes it (PIL bilinear) to 64 (targets) or 112 (evaluation).
+GMI_CROP = 108
+
+
+class CelebaGmi(_LabelledImages):
+  """CelebA as GMI, KEDMI and LOMMA split it: 1,000 private identities (train/test lists with labels) and
+  a public set of other identities (the GAN's), stored as the protocol's 108x108 centre crops."""
+
+  name = 'celeba_gmi'
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(name='private', description='the 1,000 private identities: train and test lists'),
+      tfds.core.BuilderConfig(name='public', description="the public (GAN) images: one 'train' split"),
+  ]
+  LIST_FILES = {  # split -> accepted list-file names: GMI/KEDMI's, then the toolbox's
+      'private': {'train': ('trainset.txt', 'private_train.txt'), 'test': ('testset.txt', 'private_test.txt')},
+      'public': {'train': ('ganset.txt', 'public.txt')},
+  }
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Point config.data.manual_dir at a folder holding
+    <manual_dir>/img_align_celeba/<000001>.jpg   (aligned CelebA, 178x218; GMI's .png conversions work too)
+    <manual_dir>/trainset.txt, testset.txt       (private: "<file> <label>" per line, labels 0-999)
+    <manual_dir>/ganset.txt                      (public: "<file>" or "<file> <label>" per line)
+  The toolbox's private_train.txt, private_test.txt and public.txt are accepted in their place.
+  """
+
+  def _list_file(self, root: str, split: str) -> str:
+    names = self.LIST_FILES[self.builder_config.name][split]
+    for name in names:
+      if os.path.isfile(os.path.join(root, name)):
+        return os.path.join(root, name)
+    raise MissingDataError(
+        f'celeba_gmi/{self.builder_config.name}: no {" or ".join(names)} in {root}.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}'
+    )
+
+  def _read_list(self, path: str, root: str) -> list[tuple[str, int]]:
+    """[(image path, label or -1)] of a list file; a listed image that exists under neither extension is missing."""
+    entries = []
+    with open(path) as f:
+      for line_number, line in enumerate(f, 1):
+        fields = line.split()
+        if not fields:
+          continue
+        if len(fields) > 2 or (len(fields) == 2 and not fields[1].lstrip('-').isdigit()):
+          raise DataError(f'{path}:{line_number}: expected "<file> [label]", got {line.strip()!r}')
+        image = os.path.join(root, 'img_align_celeba', fields[0])
+        if not os.path.exists(image):  # GMI lists .png conversions; the toolbox the original .jpg
+          stem = os.path.splitext(image)[0]
+          image = next((stem + ext for ext in ('.jpg', '.png') if os.path.exists(stem + ext)), image)
+        entries.append((image, int(fields[1]) if len(fields) == 2 else -1))
+    return entries
+
+  def _splits(self, root: str) -> dict[str, list[tuple[str, int]]]:
+    splits = {
+        split: self._read_list(self._list_file(root, split), root)
+        for split in self.LIST_FILES[self.builder_config.name]
+    }
+    missing = sorted(
+        {os.path.relpath(p, root) for entries in splits.values() for p, _ in entries if not os.path.exists(p)}
+    )
+    if missing:
+      raise MissingDataError(
+          f'celeba_gmi/{self.builder_config.name}: {len(missing)} listed images are not in {root}/img_align_celeba: '
+          f'{", ".join(missing[:10])}{" ..." if len(missing) > 10 else ""}'
+      )
+    return splits
+
+  def list_samples(self, root):
+    splits = self._splits(root)
+    samples = [entry for entries in splits.values() for entry in entries]
+    labels = sorted({label for _, label in samples if label >= 0})
+    classes = (
+        [str(label) for label in range(labels[-1] + 1)] if labels and self.builder_config.name == 'private' else []
+    )
+    list_files = [self._list_file(root, split) for split in splits]
+    return classes, samples, list_files
+
+  def _split_generators(self, dl_manager):
+    root = dl_manager.manual_dir
+    classes, samples, list_files = self.list_samples(root)
+    bad = check_images([path for path, _ in samples], root, self.bad_images)
+    splits = self._splits(root)
+    self.info.metadata['class_names'] = classes
+    self.info.metadata['skipped_files'] = sorted(os.path.relpath(path, root) for path in bad)
+    self.info.metadata['source_files'] = source_files(root, [path for path, _ in samples] + list_files)
+    kept = {split: [entry for entry in entries if entry[0] not in bad] for split, entries in splits.items()}
+    return {split: self._generate_examples(entries, range(len(entries)), root) for split, entries in kept.items()}
+
+  def _generate_examples(self, samples, indices, root):
+    for key, i in enumerate(indices):
+      path, label = samples[i]
+      with PIL.Image.open(path) as img:
+        img = img.convert('RGB')
+        top, left = (img.height - GMI_CROP) // 2, (img.width - GMI_CROP) // 2
+        crop = img.crop((left, top, left + GMI_CROP, top + GMI_CROP))
+      yield key, {'image': crop, 'label': label, 'file_name': os.path.relpath(path, root)}
+
+
 class _DigitsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Bundled digit images; `private` = digits 0-4, `public` = 5-9, PPA-style 90/10 split each."""
 
@@ -361,5 +459,5 @@ class DigitsDemo(_DigitsBuilder):
     return images, digits.target.astype(np.int64)
 
 
-BUILDERS = {cls.name: cls for cls in (Facescrub, Celeba1000, ImageFolder, MnistDemo, DigitsDemo)}
-MANUAL_BUILDERS = ('facescrub', 'celeba1000', 'image_folder')
+BUILDERS = {cls.name: cls for cls in (Facescrub, Celeba1000, CelebaGmi, ImageFolder, MnistDemo, DigitsDemo)}
+MANUAL_BUILDERS = ('facescrub', 'celeba1000', 'celeba_gmi', 'image_folder')

@@ -20,6 +20,7 @@ class TrainTransform(grain.transforms.RandomMap):
   """PPA training augmentation; see `augment.py`."""
 
   image_size: int
+  center_crop: int = 0  # a centred box of the stored image first (0 = none), e.g. LOMMA's 88 of FFHQ-128
   rrc_scale: tuple[float, float] = (0.85, 1.0)
   rrc_ratio: tuple[float, float] = (1.0, 1.0)
   brightness: float = 0.2
@@ -29,7 +30,7 @@ class TrainTransform(grain.transforms.RandomMap):
   hflip: bool = True
 
   def random_map(self, element, rng: np.random.Generator):
-    img = augment.resize(augment.to_pil(element['image']), self.image_size)
+    img = augment.resize(augment.center_crop(augment.to_pil(element['image']), self.center_crop), self.image_size)
     img = augment.random_resized_crop(img, self.image_size, self.rrc_scale, self.rrc_ratio, rng)
     img = augment.color_jitter(img, self.brightness, self.contrast, self.saturation, self.hue, rng)
     if self.hflip and rng.random() < 0.5:
@@ -39,12 +40,13 @@ class TrainTransform(grain.transforms.RandomMap):
 
 @dataclasses.dataclass(frozen=True)
 class EvalTransform(grain.transforms.Map):
-  """Resize to the model's input size and normalise to [-1, 1]."""
+  """Centre crop (optional), resize to the model's input size and normalise to [-1, 1]."""
 
   image_size: int
+  center_crop: int = 0
 
   def map(self, element):
-    img = augment.resize(augment.to_pil(element['image']), self.image_size)
+    img = augment.resize(augment.center_crop(augment.to_pil(element['image']), self.center_crop), self.image_size)
     return {'image': augment.normalize(img), 'label': np.int32(element['label'])}
 
 
@@ -52,6 +54,7 @@ def train_transform(data_config) -> TrainTransform:
   aug = data_config.augment
   return TrainTransform(
       image_size=data_config.image_size,
+      center_crop=data_config.get('center_crop', 0),
       rrc_scale=tuple(aug.rrc_scale),
       rrc_ratio=tuple(aug.rrc_ratio),
       brightness=aug.brightness,
@@ -60,6 +63,10 @@ def train_transform(data_config) -> TrainTransform:
       hue=aug.hue,
       hflip=aug.hflip,
   )
+
+
+def eval_transform(data_config) -> EvalTransform:
+  return EvalTransform(image_size=data_config.image_size, center_crop=data_config.get('center_crop', 0))
 
 
 def per_process_batch_size(global_batch_size: int) -> int:
@@ -80,7 +87,7 @@ def train_dataset(
   if augment:
     ds = ds.random_map(train_transform(data_config), seed=seed)
   else:
-    ds = ds.map(EvalTransform(data_config.image_size))
+    ds = ds.map(eval_transform(data_config))
   ds = ds[jax.process_index() :: jax.process_count()]
   ds = ds.batch(per_process_batch_size(global_batch_size), drop_remainder=True)
   it = ds.to_iter_dataset()
@@ -97,7 +104,7 @@ def eval_batches(source, data_config, global_batch_size: int):
   per_process = per_process_batch_size(global_batch_size)
   num_batches = -(-len(source) // global_batch_size)
   ds = grain.MapDataset.source(source)[jax.process_index() :: jax.process_count()]
-  ds = ds.map(EvalTransform(data_config.image_size)).batch(per_process)
+  ds = ds.map(eval_transform(data_config)).batch(per_process)
   for i in range(num_batches):
     if i < len(ds):
       batch = ds[i]

@@ -10,10 +10,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mi_jax.models import convnext, densenet, inception, mobilenet, registry, repvgg, resnet
+from mi_jax.models import convnext, densenet, evolve, inception, mobilenet, registry, repvgg, resnet
 from mi_jax.models import skip as skip_lib
 
-FAMILIES = (resnet.FAMILY, densenet.FAMILY, repvgg.FAMILY, mobilenet.FAMILY, convnext.FAMILY, inception.FAMILY)
+FAMILIES = (
+    resnet.FAMILY,
+    densenet.FAMILY,
+    repvgg.FAMILY,
+    mobilenet.FAMILY,
+    convnext.FAMILY,
+    inception.FAMILY,
+    evolve.FAMILY,
+)
 _BY_NAME = {name: family for family in FAMILIES for name in family.architectures}
 
 

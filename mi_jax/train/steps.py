@@ -29,11 +29,24 @@ def classification_loss(outputs, labels, aux_loss_weight: float = 1.0):
   return outputs, cross_entropy(outputs, labels).mean(), {}
 
 
-def train_step(state, batch, learning_rate_fn, regularizer=None, aux_loss_weight: float = 1.0):
+def distillation_loss(student_logits, teacher_logits, temperature: float):
+  """LOMMA's distillation loss: KL(softmax(t / T) || softmax(s / T)) summed, / T^2, / batch (Re-thinking_MI
+  engine.py; with its T = 1 the same as the usual T^2-scaled form)."""
+  log_student = jax.nn.log_softmax(student_logits / temperature)
+  teacher = jax.nn.softmax(teacher_logits / temperature)
+  kl = jnp.sum(teacher * (jnp.log(jnp.clip(teacher, 1e-30)) - log_student))
+  return kl / temperature**2 / student_logits.shape[0]
+
+
+def train_step(
+    state, batch, learning_rate_fn, regularizer=None, aux_loss_weight: float = 1.0, teacher=None, temperature=1.0
+):
   """Forward/backward on one global batch, BN statistics over the whole batch.
 
   `regularizer(images, labels, hidden)` -> (loss, metrics), if given, adds a term
   computed from the hidden features the model records (BiDO; layers.sow_hidden).
+  `teacher(images)` -> logits, if given, replaces the labels: the loss is distillation_loss (LOMMA's
+  surrogates learn the target this way on public images, whose labels are not the target's).
   """
   mutable = ['batch_stats'] + ([layers.HIDDEN_COLLECTION] if regularizer is not None else [])
 
@@ -45,6 +58,14 @@ def train_step(state, batch, learning_rate_fn, regularizer=None, aux_loss_weight
         mutable=mutable,
         rngs={'dropout': jax.random.fold_in(state.rng, state.step)},
     )
+    if teacher is not None:
+      teacher_logits = jax.lax.stop_gradient(teacher(batch['image']))
+      logits, loss = outputs, distillation_loss(outputs, teacher_logits, temperature)
+      return loss, (
+          logits,
+          updates['batch_stats'],
+          {'teacher_agreement': jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1))},
+      )
     logits, loss, extra = classification_loss(outputs, batch['label'], aux_loss_weight)
     if regularizer is not None:
       penalty, penalty_metrics = regularizer(batch['image'], batch['label'], updates.get(layers.HIDDEN_COLLECTION, {}))
@@ -57,7 +78,7 @@ def train_step(state, batch, learning_rate_fn, regularizer=None, aux_loss_weight
   metrics = {
       **extra,
       'loss': loss,
-      'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+      'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),  # vs the public set's own labels when distilling
       'learning_rate': learning_rate_fn(state.step - 1),
       'grad_norm': optax.tree.norm(grads),
   }
@@ -77,12 +98,19 @@ def eval_step(state, batch):
   }
 
 
-def compile_steps(mesh, learning_rate_fn, regularizer=None, aux_loss_weight: float = 1.0):
+def compile_steps(
+    mesh, learning_rate_fn, regularizer=None, aux_loss_weight: float = 1.0, teacher=None, temperature: float = 1.0
+):
   """jit both steps: state replicated (and donated), batches split over the 'data' axis."""
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
   p_train_step = jax.jit(
       functools.partial(
-          train_step, learning_rate_fn=learning_rate_fn, regularizer=regularizer, aux_loss_weight=aux_loss_weight
+          train_step,
+          learning_rate_fn=learning_rate_fn,
+          regularizer=regularizer,
+          aux_loss_weight=aux_loss_weight,
+          teacher=teacher,
+          temperature=temperature,
       ),
       in_shardings=(repl, data),
       out_shardings=(repl, repl),

@@ -74,6 +74,9 @@ def validate_config(config: ml_collections.ConfigDict):
       'expected increasing epochs',
   )
   bido.validate_config(config)
+  if config.distill.teacher:
+    sources.resolve(config.distill.data)
+    check(config.distill.temperature > 0, 'distill.temperature', config.distill.temperature, 'expected > 0')
   config_checks.check_range(config, 'data.augment.rrc_scale')
   ratio = config.data.augment.rrc_ratio
   check(
@@ -111,6 +114,22 @@ def evaluate(eval_step, state, source, data_config, batch_size: int, mesh) -> di
   }
 
 
+def load_teacher(config: ml_collections.ConfigDict):
+  """images in [-1, 1] -> the logits of the classifier in config.distill.teacher (its latest checkpoint's
+  sibling 'best', as the attacks use), in eval mode, at the student's input size."""
+  try:
+    model, variables, saved, _, _ = checkpoint.load_classifier(os.path.expanduser(config.distill.teacher), 'best')
+  except (FileNotFoundError, checkpoint.CheckpointError) as e:
+    raise checkpoint.CheckpointError(f'config.distill.teacher={config.distill.teacher!r}: {e}') from None
+  if saved['model']['num_classes'] != config.model.num_classes or saved['data']['image_size'] != config.data.image_size:
+    raise checkpoint.CheckpointError(
+        f'config.distill.teacher={config.distill.teacher!r} has {saved["model"]["num_classes"]} classes at '
+        f'{saved["data"]["image_size"]}px; the student (config.model.num_classes, config.data.image_size) has '
+        f'{config.model.num_classes} at {config.data.image_size}px'
+    )
+  return lambda images: model.apply(variables, images, train=False)
+
+
 def chance_level_warnings(test_metrics: dict, num_classes: int) -> list[str]:
   """A warning when the final test accuracy is below twice chance: the run learned nothing (or diverged)."""
   chance = 1.0 / num_classes
@@ -145,7 +164,13 @@ def train_and_evaluate(
     raise ValueError(
         f'config.model.num_classes={config.model.num_classes}, but {config.data.name} has ' f'{num_classes} classes'
     )
-  train_source = sources.get_source(builder, config.data.train_split)
+  teacher, train_data = None, config.data
+  if config.distill.teacher:  # LOMMA's surrogates: learn the teacher's outputs on another (public) set
+    teacher, train_data = load_teacher(config), ml_collections.ConfigDict(config.distill.data.to_dict())
+    train_data.image_size = config.data.image_size
+    train_source = sources.get_source(sources.prepare(train_data), train_data.train_split)
+  else:
+    train_source = sources.get_source(builder, config.data.train_split)
   test_source = sources.get_source(builder, config.data.test_split)
   batch_size = config.train.batch_size
   steps_per_epoch = len(train_source) // batch_size
@@ -163,7 +188,9 @@ def train_and_evaluate(
       model, tx, (1, config.data.image_size, config.data.image_size, channels), config.seed
   )
   regularizer = bido.make_regularizer(config.bido, num_classes) if bido.is_enabled(config.bido) else None
-  train_step, eval_step = steps.compile_steps(mesh, learning_rate_fn, regularizer, config.train.aux_loss_weight)
+  train_step, eval_step = steps.compile_steps(
+      mesh, learning_rate_fn, regularizer, config.train.aux_loss_weight, teacher, config.distill.temperature
+  )
 
   # However the job ends (an error, Ctrl-C, SIGTERM), the checkpoint save in flight completes first.
   with checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints) as ckpt:
@@ -181,7 +208,7 @@ def train_and_evaluate(
         None
         if imported
         else loop.resumed_iterator(
-            pipeline.train_dataset(train_source, config.data, batch_size, config.train.epochs, config.seed), data_state
+            pipeline.train_dataset(train_source, train_data, batch_size, config.train.epochs, config.seed), data_state
         )
     )
 
