@@ -253,3 +253,31 @@ def test_a_surrogate_learns_the_target_on_public_images(tiny_setup, tfds_dir, tm
   config.distill.teacher = str(tmp_path)
   with pytest.raises(checkpoint.CheckpointError, match='config.distill.teacher='):
     jobs.run(config, str(tmp_path / 'other'))
+
+
+def test_a_batch_that_goes_non_finite_stops_the_job_and_keeps_its_latents(tmp_path):
+  from configs import attack_gan64  # pylint: disable=g-import-not-at-top
+  from mi_jax.train import reporting  # pylint: disable=g-import-not-at-top
+
+  config = attack_gan64.get_config('gmi')
+
+  def invert(init, targets, valid, key):  # a run whose third step was not finite
+    del targets, valid, key
+    steps = 4
+    return init, {
+        'loss': np.ones(steps),
+        'prior': np.ones(steps),
+        'identity': np.ones(steps),
+        'finite': np.array([True, True, False, False]),
+        'w_grad_abs_mean': np.ones(steps),
+        'w_grad_abs_std': np.ones(steps),
+        'stage_grad_norm': {},
+    }
+
+  path = attack_outputs.batch_path(str(tmp_path), 3)
+  os.makedirs(os.path.dirname(path))
+  with pytest.raises(reporting.NonFiniteError, match=r'batch 3 \(classes \[7, 8\]...\) at step 2'):
+    gmi._optimize_unit(config, invert, jnp.asarray, [7, 8], 4, 6, 3, 1, 0, path)  # pylint: disable=protected-access
+  assert not os.path.exists(path)
+  with np.load(path.replace('.npz', '.failed.npz')) as f:
+    assert f['w'].shape == (4, 6) and list(f['finite']) == [True, True, False, False]
