@@ -4,8 +4,8 @@
   python bench/attack_gan64.py --width=16 --batch=20 --steps=5
 
 Random weights on both sides: the GMI/KEDMI generator, GMI's WGAN critic or KEDMI's minibatch discriminator
-(the torch definitions in tests/torch_gan64.py), and a ResNet-18 target with 1000 classes at 64 px
-(torchvision's, and ours). JAX runs `steps` optimisation steps in one jitted scan (mi_jax/attacks/gmi.py);
+(the torch definitions in tests/torch_gan64.py), and the protocol's VGG16-BN target with 1000 classes at
+64 px (tests/torch_evolve.py, and ours: mi_jax/models/evolve.py). JAX runs `steps` optimisation steps in one jitted scan (mi_jax/attacks/gmi.py);
 torch runs the reference loop: GMI's hand-written Nesterov update with the clip, KEDMI's Adam on (mu,
 logvar) with a reparameterised sample, each step a forward and backward through generator, critic and
 target. Prints steps/s for each and the JAX/torch ratio.
@@ -25,7 +25,6 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from mi_jax import models  # pylint: disable=g-import-not-at-top
 from mi_jax.attacks import gmi  # pylint: disable=g-import-not-at-top
-from mi_jax.convert import torch_compat  # pylint: disable=g-import-not-at-top
 from mi_jax.gan64 import networks  # pylint: disable=g-import-not-at-top
 import _timing  # pylint: disable=g-import-not-at-top  # bench/, beside this script
 
@@ -46,19 +45,22 @@ def jax_runner(method: str, config: networks.GanConfig, batch: int, steps: int):
   target = models.build_model(
       ml_collections.ConfigDict(
           dict(
-              name='resnet18',
+              name='vgg16_64',
               num_classes=CLASSES,
-              skip=(1, 1, 1, 1),
+              skip=(),
               width=0,
               stem='imagenet',
               dtype='float32',
               skip_mode='truncate',
+              unit_range_input=True,
           )
       )
   )
   t_vars = models.init_variables(target, (1, 64, 64, 3), jax.random.key(2))
   t_vars = {'params': t_vars['params'], 'batch_stats': t_vars['batch_stats']}
-  classify = lambda x, perturbations: gmi.logits_and_features(target, t_vars, x * 2.0 - 1.0, perturbations)
+  classify = lambda x, perturbations: gmi.logits_and_features(
+      target, t_vars, x * 2.0 - 1.0, perturbations
+  )  # -> [0, 1] inside
   settings = gmi.InversionSettings(method=method, steps=steps, clip=method == 'gmi')
   invert = jax.jit(
       gmi.make_inversion_fn(
@@ -78,13 +80,14 @@ def jax_runner(method: str, config: networks.GanConfig, batch: int, steps: int):
 
 def torch_runner(method: str, width: int, batch: int, steps: int):
   import torch  # pylint: disable=g-import-not-at-top
+  import torch_evolve  # pylint: disable=g-import-not-at-top
   import torch_gan64  # pylint: disable=g-import-not-at-top
 
   G = torch_gan64.TorchGenerator(dim=width).eval()
   D = (
       torch_gan64.TorchWGANCritic(dim=width) if method == 'gmi' else torch_gan64.TorchMinibatchCritic(dim=width)
   ).eval()
-  T = torch_compat.import_torchvision().models.resnet18(num_classes=CLASSES).eval()
+  T = torch_evolve.VGG16(CLASSES).eval()
   for net in (G, D, T):
     net.requires_grad_(False)
   targets = torch.arange(batch) % CLASSES
@@ -94,7 +97,7 @@ def torch_runner(method: str, width: int, batch: int, steps: int):
     images = G(z)
     critic = D(images)
     prior = -critic.mean() if method == 'gmi' else torch.nn.functional.softplus(-torch.logsumexp(critic[1], 1)).mean()
-    return prior + 100.0 * ce(T(images * 2 - 1), targets)
+    return prior + 100.0 * ce(T(images)[1], targets)
 
   def run(calls):
     for _ in range(calls):
@@ -120,7 +123,7 @@ def main(argv):
   del argv
   config = networks.GanConfig(resolution=64, img_channels=3, width=_WIDTH.value, num_classes=CLASSES)
   batch, steps = _BATCH.value, _STEPS.value
-  print(f'64 px, GAN width {_WIDTH.value}, ResNet-18 target (1000 classes), batch {batch}, {steps} steps a call')
+  print(f'64 px, GAN width {_WIDTH.value}, VGG16-BN target (1000 classes), batch {batch}, {steps} steps a call')
   for method in ('gmi', 'kedmi'):
     rates = _timing.best_rates(
         {
