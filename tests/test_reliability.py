@@ -233,8 +233,13 @@ def test_a_signal_during_a_save_keeps_the_checkpoint_and_stops_promptly(
   _signal_inside_save(monkeypatch, signum, at_step=25)
   workdir = str(tmp_path / 'run')
   start = time.time()
-  with pytest.raises(stopped_by):
-    jobs.run(tiny_config, workdir)  # installs the SIGTERM handler as launch.py's job does
+  # Ctrl-C as in a terminal: a shell starts background jobs (CI's too) with SIGINT ignored.
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with pytest.raises(stopped_by):
+      jobs.run(tiny_config, workdir)  # installs the SIGTERM handler as launch.py's job does
+  finally:
+    signal.signal(signal.SIGINT, previous)
   assert time.time() - start < 120  # not the 5-minute orbax time-out
   assert checkpoint.latest_step_in(workdir) == 25 and _tmp_dirs(workdir) == []
   assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the job's handler is gone again
