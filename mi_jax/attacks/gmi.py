@@ -173,12 +173,7 @@ def validate_config(config: ml_collections.ConfigDict):
   a = config.attack
   check(a.method in METHODS, 'attack.method', a.method, f'expected one of {METHODS}')
   check(config.job == f'attack_{a.method}', 'attack.method', a.method, f'the job is {config.job}')
-  check(
-      bool(config.target.workdir) and os.path.isdir(os.path.expanduser(config.target.workdir)),
-      'target.workdir',
-      config.target.workdir,
-      'not a directory (the workdir of a train job)',
-  )
+  ppa.check_target_workdir(config)
   gan_dir = os.path.expanduser(config.generator.dir)
   check(
       bool(config.generator.dir) and os.path.isfile(os.path.join(gan_dir, gan_io.META_FILE)),

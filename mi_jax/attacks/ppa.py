@@ -79,16 +79,22 @@ def check_compatible(model, variables, saved: dict, gen_config: networks.Generat
     raise AttackError(f"config.attack.classes has {bad}, outside the target's {num_classes} classes")
 
 
-def validate_config(config: ml_collections.ConfigDict):
-  """Fails early, naming the field, before anything is loaded."""
-  check = functools.partial(config_checks.check_field, error=AttackError)
-  a = config.attack
-  check(
+def check_target_workdir(config: ml_collections.ConfigDict):
+  """config.target.workdir must be a train job's directory (every attack's first check)."""
+  config_checks.check_field(
       bool(config.target.workdir) and os.path.isdir(os.path.expanduser(config.target.workdir)),
       'target.workdir',
       config.target.workdir,
       'not a directory (the workdir of a train job)',
+      AttackError,
   )
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """Fails early, naming the field, before anything is loaded."""
+  check = functools.partial(config_checks.check_field, error=AttackError)
+  a = config.attack
+  check_target_workdir(config)
   gen_dir = os.path.expanduser(config.generator.dir)
   check(
       bool(config.generator.dir) and os.path.isfile(os.path.join(gen_dir, generator_io.CONFIG_FILE)),

@@ -153,10 +153,8 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str, on_step: Callable
     os.makedirs(samples_dir, exist_ok=True)
 
     def write_samples(step):
-      grid = reporting.image_grid(np.asarray(sample(state.ema_variables(), fixed_z)))
-      reporting.save_png(os.path.join(samples_dir, f'fakes_{step:06d}.png'), grid)
-      writer.write_images(step, 'fakes', grid)
-      return grid
+      images = sample(state.ema_variables(), fixed_z)
+      return writer.write_grid(step, 'fakes', images, os.path.join(samples_dir, f'fakes_{step:06d}.png'))
 
     logging.info(
         'Training a %dx%d StyleGAN2 on %s: %d images, %d steps of %d (%.0f kimg), %d devices',
@@ -175,9 +173,9 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str, on_step: Callable
     for step in range(start_step + 1, total_steps + 1):
       batch = next(train_iter)
       if step == 1:
-        grid = reporting.image_grid(batch['image'][: config.train.num_samples])
-        reporting.save_png(os.path.join(samples_dir, 'reals.png'), grid)
-        writer.write_images(0, 'reals', grid)
+        writer.write_grid(
+            0, 'reals', batch['image'][: config.train.num_samples], os.path.join(samples_dir, 'reals.png')
+        )
         write_samples(0)
       with_r1 = step % hp.r1_interval == 0
       state, metrics = (r1_step if with_r1 else plain_step)(state, sharding.shard_batch(batch['image'], mesh))

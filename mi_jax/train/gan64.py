@@ -156,10 +156,8 @@ def train_gan64(config: ml_collections.ConfigDict, workdir: str) -> dict:
     progress = reporting.Progress(total_steps, batch_size, name='gan64')
 
     def write_samples(step):
-      grid = reporting.image_grid(np.asarray(sample(state.generator_variables(), fixed_z)) * 2.0 - 1.0)
-      reporting.save_png(os.path.join(samples_dir, f'fakes_{step:06d}.png'), grid)
-      writer.write_images(step, 'fakes', grid)
-      return grid
+      images = np.asarray(sample(state.generator_variables(), fixed_z)) * 2.0 - 1.0  # the grid takes [-1, 1]
+      return writer.write_grid(step, 'fakes', images, os.path.join(samples_dir, f'fakes_{step:06d}.png'))
 
     logging.info(
         'Training a %dx%d %s GAN on %s: %d images, %d critic steps of %d, a generator step every %d, %d devices',
@@ -177,8 +175,8 @@ def train_gan64(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for step in range(start_step + 1, total_steps + 1):
       batch = {name: sharding.shard_batch(_to_unit_range(next(train_iter)['image']), mesh) for name in names}
       if step == 1:
-        grid = reporting.image_grid(np.asarray(batch['real'])[: config.train.num_samples] * 2.0 - 1.0)
-        reporting.save_png(os.path.join(samples_dir, 'reals.png'), grid)
+        reals = np.asarray(batch['real'])[: config.train.num_samples] * 2.0 - 1.0
+        writer.write_grid(0, 'reals', reals, os.path.join(samples_dir, 'reals.png'))
         write_samples(0)
       state, metrics = critic_step(state, batch)
       if step % hp.n_critic == 0:  # after critic steps n_critic, 2 n_critic, ... as the reference

@@ -207,6 +207,13 @@ class MetricWriter:
     if self.enabled:
       self._tb.add_image(name, grid, step, dataformats='HWC')
 
+  def write_grid(self, step: int, name: str, images, path: str) -> np.ndarray:
+    """images [N, H, W, C] in [-1, 1] as one grid: a PNG at `path` and a TensorBoard image; returns the grid."""
+    grid = image_grid(np.asarray(images))
+    save_png(path, grid)
+    self.write_images(step, name, grid)
+    return grid
+
   def _flush_csv(self):
     fields = ['step', 'time'] + sorted({k for r in self._rows for k in r} - {'step', 'time'})
     tmp = self.csv_path + '.tmp'

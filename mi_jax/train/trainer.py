@@ -234,9 +234,7 @@ def train_and_evaluate(
     for step in range(start_step + 1, total_steps + 1):
       batch = next(train_iter)
       if step == 1:
-        grid = reporting.image_grid(batch['image'][:64])
-        reporting.save_png(os.path.join(workdir, 'train_inputs.png'), grid)
-        writer.write_images(0, 'train_inputs', grid)
+        writer.write_grid(0, 'train_inputs', batch['image'][:64], os.path.join(workdir, 'train_inputs.png'))
       state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
       window.add(metrics)
 
