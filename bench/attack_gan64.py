@@ -21,7 +21,6 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import ml_collections  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
 
 from mi_jax import models  # pylint: disable=g-import-not-at-top
 from mi_jax.attacks import gmi  # pylint: disable=g-import-not-at-top

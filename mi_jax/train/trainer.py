@@ -12,7 +12,6 @@ from typing import Callable
 from absl import logging
 import jax
 import ml_collections
-import numpy as np
 
 from mi_jax import config_checks, convert, models
 from mi_jax.data import pipeline, sources
@@ -115,8 +114,8 @@ def evaluate(eval_step, state, source, data_config, batch_size: int, mesh) -> di
 
 
 def load_teacher(config: ml_collections.ConfigDict):
-  """images in [-1, 1] -> the logits of the classifier in config.distill.teacher (its latest checkpoint's
-  sibling 'best', as the attacks use), in eval mode, at the student's input size."""
+  """images in [-1, 1] -> the logits of the classifier in config.distill.teacher (its 'best' checkpoint, the
+  one the attacks use), in eval mode; it must have the student's classes and input size."""
   try:
     model, variables, saved, _, _ = checkpoint.load_classifier(os.path.expanduser(config.distill.teacher), 'best')
   except (FileNotFoundError, checkpoint.CheckpointError) as e:
