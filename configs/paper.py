@@ -18,6 +18,9 @@ listed in the README's protocol table. A field the protocol needs and the user l
 ImageNet file, the evaluation model's file) stops the study before any work, naming the field;
 `study.from_scratch=True` trains without them instead.
 
+More attacks per cell: `:attacks=ppa+ifgmi+plgmi` (IF-GMI on the same generator; PLG-MI trains its
+conditional GAN for each cell's target first: name its public data in attacks.plgmi.generator_job.data).
+
 Demo, the same matrix for a narrow ResNet-18 and DenseNet-121 on the bundled MNIST digits
 (private 0-4) with the committed demo generator (public 5-9), on CPU (about 15 minutes on 2 cores):
 
@@ -29,7 +32,7 @@ figures/ into the workdir; relaunching skips finished work and resumes the rest.
 
 import ml_collections
 
-from configs import attack_ppa, common, eval_model, evaluate
+from configs import attack_ifgmi, attack_plgmi, attack_ppa, common, eval_model, evaluate, plgmi_gan
 from mi_jax import models
 
 PAPER_ARCHITECTURES = ('resnet34', 'resnet50', 'resnet101', 'resnet152', 'densenet121')
@@ -63,7 +66,7 @@ def per_architecture_table() -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, demo=False, epochs=3)
+  arg = common.parse_arg(arg, demo=False, epochs=3, attacks='ppa')
   config = ml_collections.ConfigDict()
   config.job = 'reproduce'
   config.seed = 42
@@ -102,6 +105,15 @@ def get_config(arg=None):
   config.metrics.fid_quirk = True  # PPA's FID inputs ([-3, 1]), so FIDs compare with the paper's
   config.metrics.antialias = False  # As the attack's resizes.
 
+  # More attacks per cell (preset `attacks=ppa+ifgmi+plgmi`): IF-GMI on PPA's generator; PLG-MI with its
+  # conditional GAN trained per cell for that cell's target (generator_job; its public data: name it).
+  config.study.attacks = tuple(arg.attacks.split('+'))
+  if 'ifgmi' in config.study.attacks:
+    config.attacks.ifgmi = attack_ifgmi.get_config()
+  if 'plgmi' in config.study.attacks:
+    config.attacks.plgmi = attack_plgmi.get_config()
+    config.attacks.plgmi.generator_job = plgmi_gan.get_config()
+
   config.analysis = ml_collections.ConfigDict()
   config.analysis.repvgg = 'repvgg_a0'  # RepVGG equivalence figure ('' = skip).
   config.analysis.repvgg_width = 0
@@ -133,6 +145,15 @@ def get_config(arg=None):
         final_samples=6,
         final_iterations=10,
     )
+    if 'ifgmi' in config.study.attacks:  # its demo settings, on the same generator
+      config.attacks.ifgmi.generator.dir = config.attacks.ppa.generator.dir
+      config.attacks.ifgmi.attack.update(attack_ifgmi.get_config('demo').attack.to_dict())
+    if 'plgmi' in config.study.attacks:  # a GAN of the public digits at the targets' 16 px per cell
+      config.attacks.plgmi.attack.update(attack_plgmi.get_config('demo').attack.to_dict())
+      config.attacks.plgmi.attack.update(restarts=8, keep=8, steps=100)
+      config.attacks.plgmi.generator_job = plgmi_gan.get_config('demo,steps=500')
+      config.attacks.plgmi.generator_job.data.image_size = DEMO_IMAGE_SIZE
+      config.attacks.plgmi.generator_job.gan.width = 8
     config.metrics.batch_size = 128
     config.analysis.repvgg_width = 8
   return config

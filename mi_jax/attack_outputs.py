@@ -10,8 +10,11 @@ Every attack (mi_jax/attacks) writes, and the metrics and analyses read only thr
   optimized/batch_<i>.npz  every optimised latent (`w`, `classes`) and its batch's per-step log:
                            `loss`, `finite`, `w_grad_abs_mean`, `w_grad_abs_std`, `grad_norm/<stage>`.
 
-Images are never stored for the metrics: they are rendered from the latents with the generator the
-attack used, float and unclipped, as PPA regenerates them for every metric (`make_renderer`).
+Images are rendered for the metrics from the latents with the generator the attack used, float and
+unclipped, as PPA regenerates them for every metric (`make_renderer`). An attack whose images are not a
+function of a small latent (IF-GMI: w and a feature map) stores them instead: `images` next to `w`,
+framed as the target sees them (centre crop) and resized as its attack.json says; they are then the
+renderer's input in place of `w`. PLG-MI's latent is (z, class): the class is its last column.
 """
 
 import functools
@@ -21,17 +24,20 @@ import os
 from typing import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mi_jax import errors
 from mi_jax.data import transforms
 from mi_jax.gan64 import checkpoint as gan_io
+from mi_jax.gan64 import conditional as gan_conditional
 from mi_jax.gan64 import networks as gan_networks
 from mi_jax.stylegan import checkpoint as generator_io
 from mi_jax.stylegan import networks
 
 ATTACK_FILE = 'attack.json'
 GRAD_NORM_PREFIX = 'grad_norm/'  # per-stage norms of dL/dz_i in the batch logs
+STORED_IMAGE_JOBS = ('attack_ifgmi',)  # attacks that store `images` (render inputs) next to `w`
 
 
 class AttackOutputError(errors.MiJaxError, ValueError):
@@ -55,15 +61,21 @@ def read_attack(workdir: str) -> dict:
     return json.load(f)
 
 
+def render_input(arrays) -> np.ndarray:
+  """What the renderer takes for each image of an npz's arrays: the stored `images` if any, else `w`."""
+  return arrays['images'] if 'images' in arrays else arrays['w']
+
+
 def final_latents(workdir: str):
-  """(w [N, w_dim], target classes [N], final-selection confidences [N]) of the kept images, class by class."""
+  """(renderer inputs [N, ...] (render_input), target classes [N], final-selection confidences [N]) of the
+  kept images, class by class."""
   paths = sorted(glob.glob(os.path.join(workdir, 'final', 'class_*.npz')))
   if not paths:
     raise AttackOutputError(f'{workdir} holds no final latents (final/class_*.npz): run the attack first')
   ws, targets, confidences = [], [], []
   for path in paths:
     with np.load(path) as f:
-      ws.append(f['w'])
+      ws.append(render_input(f))
       confidences.append(f['scores'])
       targets.append(np.full(len(f['scores']), int(os.path.basename(path)[len('class_') : -len('.npz')])))
   return np.concatenate(ws), np.concatenate(targets), np.concatenate(confidences)
@@ -80,28 +92,43 @@ def batch_logs(workdir: str) -> Iterator[dict]:
 
 
 def optimized_latents(workdir: str):
-  """(w [M, w_dim], target classes [M]) of every optimised latent, before final selection."""
+  """(renderer inputs [M, ...] (render_input), target classes [M]) of every optimised latent, before final selection."""
   batches = list(batch_logs(workdir))
-  return np.concatenate([b['w'] for b in batches]), np.concatenate([b['classes'] for b in batches])
+  return np.concatenate([render_input(b) for b in batches]), np.concatenate([b['classes'] for b in batches])
 
 
 def make_renderer(workdir: str, antialias: bool | None = None):
   """render(w [B, latent_dim], size) -> float images [B, size, size, C] in about [-1, 1], framed as the attack framed them.
 
   A StyleGAN2 attack (PPA): the generator (const noise, one w for every layer), the attack's centre crop,
-  then the resize to `size`. A low-resolution GAN attack (GMI, KEDMI): the generator on z, mapped from
-  [0, 1] to [-1, 1], then the resize. Resizes antialiased per `antialias` (None: as the attack's own).
+  then the resize to `size`. A low-resolution GAN attack (GMI, KEDMI; PLG-MI on (z, class)): the
+  generator on z, mapped from [0, 1] to [-1, 1], then the resize. IF-GMI: its stored images, resized. Resizes antialiased per
+  `antialias` (None: as the attack's own).
   """
   settings = read_attack(workdir)['settings']
   generator_dir = settings['generator']['dir']
   antialias = settings['attack'].get('antialias', True) if antialias is None else antialias
-  if os.path.exists(os.path.join(os.path.expanduser(generator_dir), gan_io.META_FILE)):
-    gan_config, _, g_vars, _ = gan_io.load_gan(generator_dir)
-    gan64_generator = gan_networks.Generator(gan_config)
+  if settings['job'] in STORED_IMAGE_JOBS:  # the stored images, already framed: only the resize is left
 
     @functools.partial(jax.jit, static_argnums=1)
-    def render_gan64(z, size):
-      images = gan64_generator.apply(g_vars, z) * 2.0 - 1.0
+    def resize_stored(images, size):
+      images = images.astype(np.float32)
+      return images if size == images.shape[1] else transforms.resize(images, size, antialias)
+
+    return resize_stored
+
+  if os.path.exists(os.path.join(os.path.expanduser(generator_dir), gan_io.META_FILE)):
+    gan_config, kind, g_vars, _ = gan_io.load_gan(generator_dir)
+    if kind == 'plgmi':  # PLG-MI's conditional generator: the class is the latent's last column
+      conditional_generator = gan_conditional.ConditionalGenerator(gan_config)
+      generate = lambda w: conditional_generator.apply(g_vars, w[:, :-1], w[:, -1].astype(jnp.int32))
+    else:
+      gan64_generator = gan_networks.Generator(gan_config)
+      generate = lambda z: gan64_generator.apply(g_vars, z)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def render_gan64(w, size):
+      images = generate(w) * 2.0 - 1.0
       return images if size == images.shape[1] else transforms.resize(images, size, antialias)
 
     return render_gan64

@@ -22,10 +22,13 @@ JOBS = {
     'tts': 'mi_jax.defenses.tts',
     'gan': 'mi_jax.train.gan',
     'gan64': 'mi_jax.train.gan64',
+    'plgmi_gan': 'mi_jax.train.plgmi_gan',
     'import_stylegan': 'mi_jax.convert.stylegan',
     'attack_ppa': 'mi_jax.attacks.ppa',
+    'attack_ifgmi': 'mi_jax.attacks.ifgmi',
     'attack_gmi': 'mi_jax.attacks.gmi',
     'attack_kedmi': 'mi_jax.attacks.gmi',
+    'attack_plgmi': 'mi_jax.attacks.plgmi',
     'evaluate': 'mi_jax.metrics.evaluate',
     'reproduce': 'mi_jax.reproduce',
 }

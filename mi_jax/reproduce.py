@@ -143,11 +143,16 @@ def validate_config(config: ml_collections.ConfigDict):
       jobs.validate_config(row_config(config, arch, defense))
   jobs.validate_config(evaluation_config(config))
   for attack in study.attacks:
+    generator_job = generator_config(config, attack, "<each cell's target>")
+    if generator_job is not None:  # trained per cell for its target
+      jobs.validate_config(generator_job)
+      continue
     check(
         bool(config.attacks[attack].generator.dir),
         f'attacks.{attack}.generator.dir',
         config.attacks[attack].generator.dir,
-        'name a generator directory (configs/import_stylegan.py or the gan job)',
+        'name a generator directory (configs/import_stylegan.py or the gan job), or give the attack a '
+        'generator_job that trains one per target',
     )
   evaluate.validate_metrics(config.metrics)
 
@@ -177,13 +182,41 @@ def evaluation_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
   return row
 
 
-def attack_config(config: ml_collections.ConfigDict, attack: str, target_workdir: str) -> ml_collections.ConfigDict:
-  """The job config of `attack` on the target trained in `target_workdir`, at the study's checkpoint."""
+def attack_config(
+    config: ml_collections.ConfigDict, attack: str, target_workdir: str, generator_dir: str = ''
+) -> ml_collections.ConfigDict:
+  """The job config of `attack` on the target trained in `target_workdir`, at the study's checkpoint
+  (with the generator in `generator_dir` when the study trained one for that target)."""
   row = ml_collections.ConfigDict(config.attacks[attack].to_dict())
+  if 'generator_job' in row:
+    del row['generator_job']
   row.seed, row.num_devices, row.matmul_precision = config.seed, config.num_devices, config.matmul_precision
   row.target.workdir = target_workdir
   row.target.checkpoint = config.study.checkpoint
+  if generator_dir:
+    row.generator.dir = generator_dir
   return row
+
+
+def generator_config(
+    config: ml_collections.ConfigDict, attack: str, target_workdir: str
+) -> ml_collections.ConfigDict | None:
+  """The config of the job that trains `attack`'s generator for one target, or None for a shared generator.
+
+  `config.attacks.<attack>.generator_job`, when present, is such a job's config (PLG-MI's plgmi_gan,
+  KEDMI's gan64:kedmi: their GANs learn from the target they attack); its `gan.target` is set per cell.
+  """
+  job = config.attacks[attack].get('generator_job')
+  if job is None:
+    return None
+  row = ml_collections.ConfigDict(job.to_dict())
+  row.seed, row.num_devices, row.matmul_precision = config.seed, config.num_devices, config.matmul_precision
+  row.gan.target.workdir = target_workdir
+  row.gan.target.checkpoint = config.study.checkpoint
+  return row
+
+
+GENERATOR_EXPORT = 'gan'  # where the gan64 and plgmi_gan jobs leave their GAN directory in their workdir
 
 
 def _target_dir(train_dir: str, defense: str) -> str:
@@ -204,7 +237,8 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Runs (or finishes) the study in `workdir`; launch.py has validated `config` (validate_config)."""
   study = config.study
   cells = [(a, d) for a in study.architectures for d in study.defenses]
-  total_jobs = 1 + len(cells) * (1 + 2 * len(study.attacks))
+  per_target_generators = sum('generator_job' in config.attacks[a] for a in study.attacks)
+  total_jobs = 1 + len(cells) * (1 + 2 * len(study.attacks) + per_target_generators)
   started, done_jobs = time.time(), 0
 
   def step(what: str, path: str, run):
@@ -238,10 +272,20 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     )
     for attack in study.attacks:
       attack_dir = os.path.join(workdir, arch, defense, attack)
+      generator_dir = ''
+      generator_job = generator_config(config, attack, target_dir)
+      if generator_job is not None:
+        gan_workdir = os.path.join(workdir, arch, defense, f'{attack}_generator')
+        step(
+            f'{arch} / {label} / {attack}: generator',
+            os.path.join(gan_workdir, 'results.json'),
+            lambda: jobs.run(generator_job, gan_workdir),
+        )
+        generator_dir = os.path.join(gan_workdir, GENERATOR_EXPORT)
       step(
           f'{arch} / {label} / {attack}: attack',
           os.path.join(attack_dir, 'attack.json'),
-          lambda: jobs.run(attack_config(config, attack, target_dir), attack_dir),
+          lambda: jobs.run(attack_config(config, attack, target_dir, generator_dir), attack_dir),
       )
       step(
           f'{arch} / {label} / {attack}: evaluate',

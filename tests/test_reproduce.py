@@ -14,7 +14,7 @@ import pytest
 from configs import paper
 import PIL.Image
 
-from mi_jax import jobs, reproduce
+from mi_jax import attack_outputs, jobs, reproduce
 from mi_jax.analysis import gradient_flow, repvgg_equivalence
 from mi_jax.data import transforms
 from mi_jax.data import augment
@@ -316,9 +316,10 @@ def test_repvgg_deployed_form_has_the_same_gradients(tmp_path):
 
 
 @pytest.mark.slow
-def test_study_runs_two_attacks_on_every_target(tmp_path, tfds_dir):
-  """PPA (StyleGAN2 prior) and GMI (low-resolution GAN prior) on the same cells: a row per cell and attack."""
-  from configs import attack_gmi  # pylint: disable=g-import-not-at-top
+def test_study_runs_four_attacks_on_every_target(tmp_path, tfds_dir):
+  """PPA and IF-GMI (StyleGAN2 prior), GMI (a shared low-resolution GAN) and PLG-MI (a conditional GAN the
+  study trains per cell for that cell's target) on the same cells: a row per cell and attack."""
+  from configs import attack_gmi, attack_ifgmi, attack_plgmi, plgmi_gan  # pylint: disable=g-import-not-at-top
   from mi_jax.gan64 import checkpoint as gan_io, networks as gan_networks  # pylint: disable=g-import-not-at-top
 
   G = networks.Generator(GEN)
@@ -335,20 +336,45 @@ def test_study_runs_two_attacks_on_every_target(tmp_path, tfds_dir):
   )
   config = tiny_study_config(tmp_path, tfds_dir)
   config.study.defenses = ('none', 'rolss')
-  config.study.attacks = ('ppa', 'gmi')
+  config.study.attacks = ('ppa', 'gmi', 'ifgmi', 'plgmi')
   config.attacks.gmi = attack_gmi.get_config()
   config.attacks.gmi.generator.dir = str(tmp_path / 'gan')
   config.attacks.gmi.attack.update(num_classes=0, batch_size=5, steps=3, restarts=2)
+  config.attacks.ifgmi = attack_ifgmi.get_config()
+  config.attacks.ifgmi.generator.dir = str(tmp_path / 'generator')
+  config.attacks.ifgmi.attack.update(
+      search_space_size=24,
+      num_candidates=2,
+      final_samples=2,
+      batch_size=10,
+      truncation_cutoff=2,
+      center_crop=0,
+      stage_steps=(2, 1, 1),
+      store_size=0,
+      final_iterations=2,
+  )
+  config.attacks.plgmi = attack_plgmi.get_config()
+  config.attacks.plgmi.attack.update(num_classes=0, batch_size=5, restarts=2, keep=2, steps=3)
+  config.attacks.plgmi.generator_job = plgmi_gan.get_config('tiny,steps=2')
+  config.attacks.plgmi.generator_job.data.data_dir = tfds_dir
   workdir = str(tmp_path / 'study')
   rows = jobs.run(config, workdir)
-  assert sorted((r['defense'], r['attack']) for r in rows) == [
-      ('No defense', 'gmi'),
-      ('No defense', 'ppa'),
-      ('RoLSS', 'gmi'),
-      ('RoLSS', 'ppa'),
-  ]
+  assert sorted((r['defense'], r['attack']) for r in rows) == sorted(
+      (d, a) for d in ('No defense', 'RoLSS') for a in ('ppa', 'gmi', 'ifgmi', 'plgmi')
+  )
   gmi_rows = [r for r in rows if r['attack'] == 'gmi']
   assert all(r['images'] == 5 and 0 <= r['attack_acc_top1'] <= 1 for r in gmi_rows)  # one kept per class
-  assert '| resnet18 | RoLSS | gmi |' in open(os.path.join(workdir, 'results.md')).read()
-  for name in ('gradient_flow_resnet18_ppa.png', 'gradient_flow_resnet18_gmi.png'):
+  assert all(r['images'] == 10 for r in rows if r['attack'] in ('ifgmi', 'plgmi'))  # 2 per class, 5 classes
+  assert '| resnet18 | RoLSS | ifgmi |' in open(os.path.join(workdir, 'results.md')).read()
+  # Each cell's PLG-MI GAN learned from that cell's target, and its attack used it.
+  for defense in ('none', 'rolss'):
+    settings = attack_outputs.read_attack(os.path.join(workdir, 'resnet18', defense, 'plgmi'))['settings']
+    assert settings['generator']['dir'] == os.path.join(workdir, 'resnet18', defense, 'plgmi_generator', 'gan')
+    gan_run = json.load(open(os.path.join(workdir, 'resnet18', defense, 'plgmi_generator', 'results.json')))
+    assert gan_run['kind'] == 'plgmi' and 'generator_job' not in settings
+  for name in (
+      'gradient_flow_resnet18_ppa.png',
+      'gradient_flow_resnet18_ifgmi.png',
+      'gradient_flow_resnet18_plgmi.png',
+  ):
     assert os.path.getsize(os.path.join(workdir, 'figures', name)) > 1000

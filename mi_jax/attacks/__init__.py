@@ -14,6 +14,8 @@ that evaluation, the analyses and the study read every attack alike. Adding an a
 # Study name of an attack -> its job.
 ATTACKS = {
     'ppa': 'attack_ppa',  # Plug & Play Attack, StyleGAN2 prior (ppa.py)
+    'ifgmi': 'attack_ifgmi',  # IF-GMI, PPA then the generator's intermediate features (ifgmi.py)
     'gmi': 'attack_gmi',  # GMI, the low-resolution GAN prior (gmi.py); LOMMA through attack.lomma
     'kedmi': 'attack_kedmi',  # KEDMI, a distribution per identity (gmi.py); LOMMA through attack.lomma
+    'plgmi': 'attack_plgmi',  # PLG-MI, a conditional GAN trained on the target's pseudo-labels (plgmi.py)
 }

@@ -38,6 +38,7 @@ from mi_jax.data import pipeline, sources, transforms
 from mi_jax.gan64 import checkpoint as gan_io
 from mi_jax.gan64 import losses as gan_losses
 from mi_jax.gan64 import networks
+from mi_jax.gan64 import training as gan_training
 from mi_jax.metrics import scores as scores_lib
 from mi_jax.models import layers
 from mi_jax.train import reporting, sharding
@@ -243,6 +244,11 @@ def attack_gan64(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config.target.workdir, config.target.checkpoint, 'target'
   )
   gan_config, gan_kind, g_vars, d_vars = gan_io.load_gan(config.generator.dir)
+  if gan_kind not in gan_training.KINDS:
+    raise ppa.AttackError(
+        f"config.generator.dir={config.generator.dir!r} holds a {gan_kind!r} GAN; {a.method.upper()} needs GMI's "
+        "or KEDMI's (the gan64 job); PLG-MI's conditional GAN is attack_plgmi's"
+    )
   size, num_classes = saved['data']['image_size'], saved['model']['num_classes']
   if gan_config.resolution != size:
     raise ppa.AttackError(

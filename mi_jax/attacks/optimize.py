@@ -50,15 +50,19 @@ def make_optimize_fn(
     classify: Callable[[jax.Array, dict], jax.Array],
     perturbations_like: Callable[[int], dict],
     settings: OptimizeSettings,
+    constrain: Callable | None = None,
 ):
   """Returns optimize(w0 [B, w_dim], targets [B], valid [B], key) -> (w [B, w_dim], log).
 
+  The latents may also be a dict of [B, ...] arrays with the latent w under 'w' (IF-GMI adds an
+  intermediate feature map); `constrain(params, params0)`, if given, maps them back into their allowed
+  set after every Adam step (IF-GMI's l1 balls around the values `optimize` started from).
   `synthesize(w)` maps [B, w_dim] to images in [-1, 1]; `classify(x, perturbations)`
   gives logits, adding `perturbations` (zeros) at the stage inputs so their
   gradient is dL/dz_i; `perturbations_like(batch)` makes those zeros. `valid` marks
   the real rows of a batch padded to its fixed size: the loss is the mean over them.
   log = {'loss': [steps] mean loss, 'stage_grad_norm': {name: [steps]} mean ||dL_n/dz_i||,
-         'w_grad_abs_mean' / 'w_grad_abs_std': [steps] of |dL/dw| (torch.std: unbiased),
+         'w_grad_abs_mean' / 'w_grad_abs_std': [steps] of |dL/dw| (torch.std: unbiased; w alone),
          'finite': [steps] whether every loss and gradient was finite}, over the valid rows.
   """
   tx = make_optimizer(settings)
@@ -77,7 +81,7 @@ def make_optimize_fn(
     return losses.poincare_loss(logits.astype(jnp.float32), targets, settings.poincare_xi)
 
   def optimize(w0, targets, valid, key):
-    batch = w0.shape[0]
+    batch = targets.shape[0]
     zeros = perturbations_like(batch)
     weight = valid.astype(jnp.float32)
     count = jnp.sum(weight)
@@ -88,18 +92,24 @@ def make_optimize_fn(
       # Summing the per-sample losses makes dL/dz_i[n] the gradient of sample n's own loss; padded rows weigh 0.
       total = lambda w, p: jnp.sum(per_sample_loss(w, p, targets, step_key) * weight)
       loss_sum, (w_grad, stage_grads) = jax.value_and_grad(total, argnums=(0, 1))(w, zeros)
-      w_grad = w_grad / count  # the gradient of the batch-mean loss, as PPA's
+      w_grad = jax.tree.map(lambda g: g / count, w_grad)  # the gradient of the batch-mean loss, as PPA's
       updates, opt_state = tx.update(w_grad, opt_state, w)
-      finite = jnp.isfinite(loss_sum) & jnp.all(jnp.isfinite(w_grad))
-      w = jnp.where(finite, optax.apply_updates(w, updates), w)  # a non-finite step leaves w as it was
+      finite = jnp.isfinite(loss_sum) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(w_grad)]))
+      new_w = optax.apply_updates(w, updates)
+      if constrain is not None:
+        new_w = constrain(new_w, w0)
+      w = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_w, w)  # a non-finite step: w as it was
+      if isinstance(w_grad, dict):
+        w_grad = w_grad['w']
       norms = {
           '/'.join(path): mean_over_valid(jnp.sqrt(jnp.sum(jnp.square(g.reshape(batch, -1)), axis=1)))
           for path, g in flax.traverse_util.flatten_dict(stage_grads).items()
       }
       magnitude = jnp.abs(w_grad)
-      elements = count * w_grad.shape[1]
-      abs_mean = jnp.sum(magnitude * weight[:, None]) / elements
-      abs_std = jnp.sqrt(jnp.sum(jnp.square(magnitude - abs_mean) * weight[:, None]) / (elements - 1))
+      elements = count * w_grad[0].size
+      row_weight = weight.reshape((batch,) + (1,) * (magnitude.ndim - 1))
+      abs_mean = jnp.sum(magnitude * row_weight) / elements
+      abs_std = jnp.sqrt(jnp.sum(jnp.square(magnitude - abs_mean) * row_weight) / (elements - 1))
       return (w, opt_state), {
           'loss': loss_sum / count,
           'stage_grad_norm': norms,

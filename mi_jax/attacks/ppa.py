@@ -92,6 +92,12 @@ def check_target_workdir(config: ml_collections.ConfigDict):
 
 def validate_config(config: ml_collections.ConfigDict):
   """Fails early, naming the field, before anything is loaded."""
+  validate_common(config)
+  config_checks.check_positive_ints(config, ['attack.steps'], error=AttackError)
+
+
+def validate_common(config: ml_collections.ConfigDict):
+  """The checks of every StyleGAN-prior attack (PPA, IF-GMI): target, generator, candidates, selection."""
   check = functools.partial(config_checks.check_field, error=AttackError)
   a = config.attack
   check_target_workdir(config)
@@ -110,7 +116,6 @@ def validate_config(config: ml_collections.ConfigDict):
               'search_space_size',
               'num_candidates',
               'batch_size',
-              'steps',
               'final_samples',
               'final_iterations',
           )
@@ -136,10 +141,11 @@ def validate_config(config: ml_collections.ConfigDict):
     config_checks.check_range(config, f'attack.{field}', error=AttackError)
 
 
-def settings_from(config: ml_collections.ConfigDict, input_size: int) -> optimize.OptimizeSettings:
+def settings_from(config: ml_collections.ConfigDict, input_size: int, steps: int = 0) -> optimize.OptimizeSettings:
+  """The optimisation settings of config.attack (`steps` > 0 overrides attack.steps: IF-GMI's stages)."""
   a = config.attack
   return optimize.OptimizeSettings(
-      steps=a.steps,
+      steps=steps or a.steps,
       lr=a.lr,
       betas=tuple(a.betas),
       lr_milestones=tuple(a.lr_milestones),
@@ -195,7 +201,9 @@ class _Attack:
     return jax.device_put(array, sharding.data_sharded(self.mesh))
 
 
-def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def setup(config: ml_collections.ConfigDict, workdir: str, first_stage_steps: int = 0):
+  """Loads and checks target, generator and evaluation model, checks the run's identity, and returns
+  (the attack's shared pieces, the target's saved config, its step, its metrics)."""
   a = config.attack
   model, target_vars, saved, target_step, target_metrics = load_classifier(
       config.target.workdir, config.target.checkpoint, 'target'
@@ -208,7 +216,7 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
       target_metrics.get('test_accuracy'),
   )
   gen_config, gen_vars, _ = generator_io.load_generator(config.generator.dir)
-  settings = settings_from(config, saved['data']['image_size'])
+  settings = settings_from(config, saved['data']['image_size'], first_stage_steps)
   classes = [int(c) for c in a.classes] or list(range(saved['model']['num_classes']))
   check_compatible(model, target_vars, saved, gen_config, settings, classes)
   evaluation_logits = _make_evaluator(config, gen_config, settings, classes)  # validated before any work
@@ -231,13 +239,18 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
       batch_size,
       evaluation_logits,
   )
+  return attack, saved, target_step, target_metrics
 
+
+def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  a = config.attack
+  attack, saved, target_step, target_metrics = setup(config, workdir)
   cand_w, cand_classes = select_candidates(attack)
   final_w, logs = optimize_candidates(attack, cand_w, cand_classes)
   summary, evaluated = select_final(attack, final_w, cand_classes)
 
   results = {
-      'classes': len(classes),
+      'classes': len(attack.classes),
       'latents_optimized': int(len(cand_w)),
       'batches': len(logs),
       'final_per_class': int(a.final_samples),
@@ -247,7 +260,7 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'mean_final_target_confidence': float(np.mean(list(summary.values()))),
       'final_loss_mean': float(np.mean([log['loss'][-1] for log in logs])),
   }
-  if evaluation_logits is not None:
+  if attack.evaluation_logits is not None:
     for name, prefix in (('filtered', 'eval'), ('unfiltered', 'eval_unfiltered')):
       accuracy = scores_lib.attack_accuracy(*map(np.concatenate, evaluated[name]))
       results[f'{prefix}_top1'], results[f'{prefix}_top5'] = accuracy['top1'], accuracy['top5']

@@ -13,6 +13,9 @@ import orbax.checkpoint as ocp
 
 from mi_jax import errors
 from mi_jax.gan64 import networks, training
+
+# GMI's and KEDMI's unconditional GANs (training.KINDS) and PLG-MI's conditional one (plgmi.KIND).
+KINDS = training.KINDS + ('plgmi',)
 from mi_jax.train import checkpoint as checkpoint_lib
 
 META_FILE = 'gan64.json'
@@ -24,8 +27,9 @@ class GanDirectoryError(errors.MiJaxError, ValueError):
 
 
 def save_gan(directory: str, config: networks.GanConfig, kind: str, g_vars: dict, d_vars: dict, source: dict):
-  """Writes the generator's {'params', 'batch_stats'}, the critic's {'params'} and gan64.json (last: its
-  presence marks a complete directory); refuses to overwrite one."""
+  """Writes the generator's {'params', 'batch_stats'}, the critic's {'params'} (PLG-MI's also its spectral
+  norms' 'batch_stats') and gan64.json (last: its presence marks a complete directory); refuses to
+  overwrite one."""
   directory = os.path.abspath(os.path.expanduser(directory))
   if os.path.exists(os.path.join(directory, META_FILE)):
     raise FileExistsError(f'{directory} already holds a GAN; choose another directory')
@@ -54,7 +58,7 @@ def load_gan(directory: str, field: str = 'generator.dir') -> tuple[networks.Gan
     )
   with open(path) as f:
     meta = json.load(f)
-  if meta.get('format') != FORMAT_VERSION or meta.get('kind') not in training.KINDS:
+  if meta.get('format') != FORMAT_VERSION or meta.get('kind') not in KINDS:
     raise GanDirectoryError(
         f'{path}: format {meta.get("format")}, kind {meta.get("kind")!r} is not one this code reads'
     )

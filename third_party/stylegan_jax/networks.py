@@ -296,31 +296,54 @@ class SynthesisNetwork(nn.Module):
     return num_ws_for(self.img_resolution)
 
   @nn.compact
-  def __call__(self, ws: jax.Array, noise_mode: str = 'const') -> jax.Array:
-    """[N, num_ws, w_dim] -> [N, R, R, img_channels] image (float32 unless float64), roughly in [-1, 1]."""
+  def __call__(
+      self,
+      ws: jax.Array,  # [N, num_ws, w_dim]: every layer's w.
+      noise_mode: str = 'const',  # 'const', 'random' or 'none'.
+      blocks: tuple[int, int] | None = None,  # Run only blocks [start, stop) (b4 is block 0); None = all.
+      block_input: jax.Array | None = None,  # Features entering block `start` (None when start = 0).
+      skip_image: jax.Array | None = None,  # Image accumulated before block `start`; None: start from its ToRGB.
+  ):
+    """All blocks: [N, R, R, img_channels] image (float32 unless float64), roughly in [-1, 1].
+
+    With `blocks`: (features leaving block stop - 1, image so far), from `block_input` entering block
+    start. IF-GMI optimises those intermediate features; as its code does, an image accumulation begun
+    at block start omits the ToRGB outputs of the blocks before it unless `skip_image` carries them.
+    """
     if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
       raise ValueError(f'ws has shape {ws.shape}; this synthesis network takes [N, {self.num_ws}, {self.w_dim}]')
     if noise_mode not in NOISE_MODES:
       raise ValueError(f'noise_mode={noise_mode!r}: expected one of {NOISE_MODES}')
+    resolutions = block_resolutions(self.img_resolution)
+    start, stop = blocks or (0, len(resolutions))
+    if not 0 <= start < stop <= len(resolutions):
+      raise ValueError(f'blocks={blocks}: expected 0 <= start < stop <= {len(resolutions)}')
+    if (block_input is None) != (start == 0):
+      raise ValueError(f'block_input is needed exactly when the blocks start after b4 (start={start})')
     ws = ws.astype(ops.accumulation_dtype(ws.dtype))
-    x = img = None
+    x, img = block_input, skip_image
     w_idx = 0
-    for res in block_resolutions(self.img_resolution):
+    for index, res in enumerate(resolutions):
       num_conv = 1 if res == 4 else 2
-      block = SynthesisBlock(
-          channels_at(res, self.channel_base, self.channel_max),
-          res,
-          self.img_channels,
-          is_first=res == 4,
-          resample_filter=self.resample_filter,
-          conv_clamp=self.conv_clamp,
-          use_noise=self.use_noise,
-          dtype=self.dtype,
-          name=f'b{res}',
-      )
-      # The block's ToRGB shares its w with the next block's first conv.
-      x, img = block(x, img, ws[:, w_idx : w_idx + num_conv + 1], noise_mode)
+      if start <= index < stop:
+        block = SynthesisBlock(
+            channels_at(res, self.channel_base, self.channel_max),
+            res,
+            self.img_channels,
+            is_first=res == 4,
+            resample_filter=self.resample_filter,
+            conv_clamp=self.conv_clamp,
+            use_noise=self.use_noise,
+            dtype=self.dtype,
+            name=f'b{res}',
+        )
+        if x is not None:
+          assert x.shape[1:3] == (res // 2, res // 2), (res, x.shape)
+        # The block's ToRGB shares its w with the next block's first conv.
+        x, img = block(x, img, ws[:, w_idx : w_idx + num_conv + 1], noise_mode)
       w_idx += num_conv
+    if blocks is not None:
+      return x, img
     assert img.shape[1:] == (self.img_resolution, self.img_resolution, self.img_channels), img.shape
     return img
 
@@ -406,6 +429,19 @@ class Generator(nn.Module):
     if ws.ndim == 3 and ws.shape[1] == 1:
       ws = jnp.broadcast_to(ws, (ws.shape[0], self.config.num_ws, ws.shape[2]))
     return self.synthesis(ws, noise_mode)
+
+  def synthesize_blocks(
+      self,
+      ws: jax.Array,  # [N, num_ws, w_dim] or [N, 1, w_dim] (broadcast).
+      blocks: tuple[int, int],  # Blocks [start, stop) to run; b4 is block 0.
+      block_input: jax.Array | None = None,  # Features entering block start (None for start 0).
+      skip_image: jax.Array | None = None,  # None: the image accumulation starts at block start (IF-GMI).
+      noise_mode: str = 'const',
+  ) -> tuple[jax.Array, jax.Array]:
+    """(features leaving block stop - 1, image accumulated over the blocks run): IF-GMI's split synthesis."""
+    if ws.ndim == 3 and ws.shape[1] == 1:
+      ws = jnp.broadcast_to(ws, (ws.shape[0], self.config.num_ws, ws.shape[2]))
+    return self.synthesis(ws, noise_mode, blocks, block_input, skip_image)
 
   def __call__(
       self, z, c=None, truncation_psi=1.0, truncation_cutoff=None, noise_mode='const', update_w_avg=False
