@@ -16,11 +16,9 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_
 from absl import app  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from mi_jax import models  # pylint: disable=g-import-not-at-top
-from mi_jax.attacks import ifgmi, optimize, ppa  # pylint: disable=g-import-not-at-top
+from mi_jax.attacks import ifgmi, optimize  # pylint: disable=g-import-not-at-top
 from mi_jax.stylegan import networks  # pylint: disable=g-import-not-at-top
 import _timing  # pylint: disable=g-import-not-at-top  # bench/, beside this script
 import attack_step  # pylint: disable=g-import-not-at-top  # its setups and flags (--sizes, --batch, --steps, --repeats)
@@ -28,28 +26,8 @@ import attack_step  # pylint: disable=g-import-not-at-top  # its setups and flag
 
 def build(setup, batch: int, steps: int):
   """{'ppa': run, 'stage s': run, ...}: run(n) makes n calls of that step's jitted scan and waits."""
-  gen_config = networks.GeneratorConfig(**setup['gen'])
-  G = networks.Generator(gen_config)
-  gen_vars = jax.jit(G.init)(jax.random.key(0), jnp.zeros((1, gen_config.z_dim)))
-  model = models.build_model(
-      ml_collections.ConfigDict(
-          dict(
-              name='resnet18',
-              num_classes=10,
-              skip=(1, 1, 1, 1),
-              width=setup['width'],
-              stem='small',
-              dtype='float32',
-              skip_mode='truncate',
-          )
-      )
-  )
-  shape = (1, setup['size'], setup['size'], gen_config.img_channels)
-  variables = models.init_variables(model, shape, jax.random.key(1))
-  variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
-  settings = optimize.OptimizeSettings(steps=steps, center_crop=setup['crop'], input_size=setup['size'])
-  classify = lambda x, p: model.apply({**variables, 'perturbations': p}, x, train=False)
-  zeros = ppa.perturbation_zeros(model, variables, setup['size'], gen_config.img_channels)
+  G, gen_vars, classify, zeros, settings = attack_step.build_world(setup, steps)
+  gen_config = G.config
   w0 = jnp.asarray(np.random.default_rng(0).standard_normal((batch, gen_config.w_dim)), jnp.float32)
   targets, valid, key = jnp.arange(batch, dtype=jnp.int32) % 10, jnp.ones(batch, bool), jax.random.key(0)
   num_blocks = len(networks.block_resolutions(gen_config.img_resolution))

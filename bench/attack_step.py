@@ -48,8 +48,8 @@ SETUPS = {
 }
 
 
-def build(setup, num_devices, batch, steps):
-  """(jitted PPA optimisation, its arguments) for a setup: random generator and ResNet-18 target."""
+def build_world(setup, steps):
+  """(generator G, its variables, classify(x, perturbations), zeros(batch), settings): random weights for a setup."""
   gen_config = networks.GeneratorConfig(**setup['gen'])
   G = networks.Generator(gen_config)
   gen_vars = jax.jit(G.init)(jax.random.key(0), jnp.zeros((1, gen_config.z_dim)))
@@ -70,9 +70,16 @@ def build(setup, num_devices, batch, steps):
   variables = models.init_variables(model, (1, setup['size'], setup['size'], channels), jax.random.key(1))
   variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
   settings = optimize.OptimizeSettings(steps=steps, center_crop=setup['crop'], input_size=setup['size'])
-  synthesize = lambda w: G.apply(gen_vars, w[:, None], method=G.synthesize)
   classify = lambda x, p: model.apply({**variables, 'perturbations': p}, x, train=False)
   zeros = ppa.perturbation_zeros(model, variables, setup['size'], channels)
+  return G, gen_vars, classify, zeros, settings
+
+
+def build(setup, num_devices, batch, steps):
+  """(jitted PPA optimisation, its arguments) for a setup: random generator and ResNet-18 target."""
+  G, gen_vars, classify, zeros, settings = build_world(setup, steps)
+  gen_config = G.config
+  synthesize = lambda w: G.apply(gen_vars, w[:, None], method=G.synthesize)
   mesh = sharding.make_mesh(num_devices)
   batch_sharded, replicated = sharding.data_sharded(mesh), sharding.replicated(mesh)
   fn = jax.jit(

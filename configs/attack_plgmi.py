@@ -54,7 +54,7 @@ def get_config(arg=None):
     config.generator.dir = 'workdir/plgmi_gan_demo/gan'
     config.evaluation.workdir = 'workdir/eval_demo'
     config.evaluation.checkpoint = 'latest'
-    config.attack.update(num_classes=0, batch_size=5, restarts=25, keep=25, steps=300)
+    config.attack.update(num_classes=0, batch_size=5)  # the 5 digits in one batch; 5 restarts each, 600 steps
   if arg.steps:
     config.attack.steps = arg.steps
   return config

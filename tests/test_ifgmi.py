@@ -14,7 +14,7 @@ from mi_jax import attack_outputs, jobs
 from mi_jax.attacks import ifgmi, optimize, ppa
 from mi_jax.stylegan import networks, save_generator
 
-from test_attack import GEN, attack_config, tiny_world  # pylint: disable=unused-import
+from test_attack import GEN, attack_config, tiny_world  # pylint: disable=unused-import  # noqa: F401 (a fixture)
 
 
 def l1_projection_by_bisection(x: np.ndarray, radius: float) -> np.ndarray:
@@ -129,11 +129,13 @@ def test_ifgmi_job_outputs_resume_and_nan_stop(tiny_world, tmp_path):
   with open(os.path.join(workdir, 'attack.json')) as f:
     assert json.load(f)['settings']['attack']['stage_steps'] == [4, 2, 2]
 
-  # Killed after batch 0: batch 1 and the final selection are redone; batch 0 is read back unchanged.
+  # Killed after batch 0: batch 1 and the final selection are redone, here on 2 devices with the same global
+  # batch (2 per device); batch 0 is read back unchanged.
   with np.load(os.path.join(workdir, 'optimized', 'batch_00001.npz')) as f:
     batch1 = f['images'].copy()
   os.remove(os.path.join(workdir, 'optimized', 'batch_00001.npz'))
   shutil.rmtree(os.path.join(workdir, 'final'))
+  config.num_devices, config.attack.batch_size = 2, 2
   again = jobs.run(config, workdir)
   with np.load(os.path.join(workdir, 'optimized', 'batch_00001.npz')) as f:
     np.testing.assert_allclose(f['images'].astype(np.float32), batch1.astype(np.float32), atol=2e-3)

@@ -306,29 +306,7 @@ def attack_gan64(config: ml_collections.ConfigDict, workdir: str) -> dict:
   latents, latent_classes = np.concatenate(latents), np.concatenate(latent_classes)
 
   # ---- final selection: per class the `keep` latents with the highest target logit
-  score_fn = jax.jit(lambda z, y: jnp.take_along_axis(target(generate(z))[0], y[:, None], axis=1)[:, 0])
-  grid_rows, evaluated = [], ([], [])
-  os.makedirs(os.path.join(workdir, 'final'), exist_ok=True)
-  for c in classes:
-    path = attack_outputs.final_path(workdir, c)
-    if not os.path.exists(path):
-      z = latents[latent_classes == c]
-      scores = np.asarray(score_fn(jnp.asarray(z), jnp.full(len(z), c)))
-      keep = np.argsort(-scores, kind='stable')[: a.keep]
-      record = {'w': z[keep], 'scores': scores[keep]}
-      if evaluator is not None:
-        record['eval_logits_all'] = np.asarray(evaluator(generate(jnp.asarray(z))))
-        record['eval_logits'] = record['eval_logits_all'][keep]
-      reporting.save_npz(path, **record)
-    with np.load(path) as f:
-      record = {k: f[k] for k in f.files}
-    if len(grid_rows) < GRID_CLASSES:
-      grid_rows.append(np.asarray(generate(jnp.asarray(record['w']))) * 2.0 - 1.0)
-    if 'eval_logits' in record:
-      evaluated[0].append(record['eval_logits'])
-      evaluated[1].append(np.full(len(record['eval_logits']), c))
-  reporting.save_png(os.path.join(workdir, 'final_grid.png'), reporting.image_grid(np.concatenate(grid_rows), a.keep))
-
+  score = jax.jit(lambda z, y: jnp.take_along_axis(target(generate(z))[0], y[:, None], axis=1)[:, 0])
   results = {
       'method': a.method,
       'lomma': bool(a.lomma.identity_loss == 'logit' or surrogates or p_reg is not None),
@@ -341,6 +319,39 @@ def attack_gan64(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'target_metrics': {k: float(v) for k, v in target_metrics.items()},
       'final_loss_mean': float(np.mean([log['loss'][-1] for log in logs])),
   }
+  return select_final_and_report(
+      config, workdir, saved, results, classes, latents, latent_classes, score, jax.jit(generate), evaluator
+  )
+
+
+def select_final_and_report(
+    config, workdir, saved, results, classes, latents, latent_classes, score, generate, evaluator
+) -> dict:
+  """The low-resolution attacks' last step: per class the `attack.keep` latents `score(latents, classes)`
+  ranks highest (final/class_<c>.npz, read back when present), final_grid.png, and attack.json with
+  `results` and the evaluation model's attack accuracy. `generate` maps latents to images in [0, 1]."""
+  keep = config.attack.keep
+  grid_rows, evaluated = [], ([], [])
+  os.makedirs(os.path.join(workdir, 'final'), exist_ok=True)
+  for c in classes:
+    path = attack_outputs.final_path(workdir, c)
+    if not os.path.exists(path):
+      z = latents[latent_classes == c]
+      scores = np.asarray(score(jnp.asarray(z), jnp.full(len(z), c)))
+      kept = np.argsort(-scores, kind='stable')[:keep]
+      record = {'w': z[kept], 'scores': scores[kept]}
+      if evaluator is not None:
+        record['eval_logits_all'] = np.asarray(evaluator(generate(jnp.asarray(z))))
+        record['eval_logits'] = record['eval_logits_all'][kept]
+      reporting.save_npz(path, **record)
+    with np.load(path) as f:
+      record = {k: f[k] for k in f.files}
+    if len(grid_rows) < GRID_CLASSES:
+      grid_rows.append(np.asarray(generate(jnp.asarray(record['w']))) * 2.0 - 1.0)
+    if 'eval_logits' in record:
+      evaluated[0].append(record['eval_logits'])
+      evaluated[1].append(np.full(len(record['eval_logits']), c))
+  reporting.save_png(os.path.join(workdir, 'final_grid.png'), reporting.image_grid(np.concatenate(grid_rows), keep))
   if evaluated[0]:
     accuracy = scores_lib.attack_accuracy(np.concatenate(evaluated[0]), np.concatenate(evaluated[1]))
     results['eval_top1'], results['eval_top5'] = accuracy['top1'], accuracy['top5']

@@ -26,7 +26,6 @@ stage (`eval_top1_per_stage` in attack.json: the reference reports its best stag
 import functools
 import os
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -197,18 +196,7 @@ def attack_ifgmi(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'final_loss_mean': float(np.mean([log['loss'][-1] for log in logs])),
       **per_stage,
   }
-  reporting.write_json(os.path.join(workdir, 'log.json'), {'batches': logs}, indent=None)
-  reporting.write_json(
-      os.path.join(workdir, attack_outputs.ATTACK_FILE),
-      {
-          'settings': reporting.config_json(config),
-          'target_config': saved,
-          'per_class_confidence': {str(k): v for k, v in summary.items()},
-          **results,
-      },
-  )
-  logging.info('Attack done: %s', results)
-  return results
+  return ppa.write_outputs(config, workdir, saved, results, logs, summary)
 
 
 def _storer(attack: ppa._Attack):  # pylint: disable=protected-access

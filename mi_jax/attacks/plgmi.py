@@ -20,7 +20,6 @@ import functools
 import os
 from typing import Callable
 
-from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -32,10 +31,7 @@ from mi_jax import attack_outputs, config_checks
 from mi_jax.attacks import gmi, losses, ppa
 from mi_jax.gan64 import checkpoint as gan_io
 from mi_jax.gan64 import conditional, plgmi
-from mi_jax.metrics import scores as scores_lib
 from mi_jax.train import reporting, sharding
-
-GRID_CLASSES = 16  # rows of final_grid.png
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,32 +192,8 @@ def attack_plgmi(config: ml_collections.ConfigDict, workdir: str) -> dict:
   latents, latent_classes = np.concatenate(latents), np.concatenate(latent_classes)
 
   # ---- per class, the `keep` latents the target is most confident about (all restarts by default)
-  confidence = jax.jit(
-      lambda w: jnp.take_along_axis(jax.nn.softmax(classify(generate(*split_latents(w)))), w[:, -1:].astype(int), 1)
-  )
-  render = jax.jit(lambda w: generate(*split_latents(w)))
-  grid_rows, evaluated = [], ([], [])
-  os.makedirs(os.path.join(workdir, 'final'), exist_ok=True)
-  for c in classes:
-    path = attack_outputs.final_path(workdir, c)
-    if not os.path.exists(path):
-      w = latents[latent_classes == c]
-      scores = np.asarray(confidence(jnp.asarray(w)))[:, 0]
-      keep = np.argsort(-scores, kind='stable')[: a.keep]
-      record = {'w': w[keep], 'scores': scores[keep]}
-      if evaluator is not None:
-        record['eval_logits_all'] = np.asarray(evaluator(render(jnp.asarray(w))))
-        record['eval_logits'] = record['eval_logits_all'][keep]
-      reporting.save_npz(path, **record)
-    with np.load(path) as f:
-      record = {k: f[k] for k in f.files}
-    if len(grid_rows) < GRID_CLASSES:
-      grid_rows.append(np.asarray(render(jnp.asarray(record['w']))) * 2.0 - 1.0)
-    if 'eval_logits' in record:
-      evaluated[0].append(record['eval_logits'])
-      evaluated[1].append(np.full(len(record['eval_logits']), c))
-  reporting.save_png(os.path.join(workdir, 'final_grid.png'), reporting.image_grid(np.concatenate(grid_rows), a.keep))
-
+  render = lambda w: generate(*split_latents(w))
+  confidence = lambda w, y: jnp.take_along_axis(jax.nn.softmax(classify(render(w))), y[:, None], axis=1)[:, 0]
   results = {
       'method': 'plgmi',
       'classes': len(classes),
@@ -233,15 +205,9 @@ def attack_plgmi(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'target_metrics': {k: float(v) for k, v in target_metrics.items()},
       'final_loss_mean': float(np.mean([log['loss'][-1] for log in logs])),
   }
-  if evaluated[0]:
-    accuracy = scores_lib.attack_accuracy(np.concatenate(evaluated[0]), np.concatenate(evaluated[1]))
-    results['eval_top1'], results['eval_top5'] = accuracy['top1'], accuracy['top5']
-  reporting.write_json(
-      os.path.join(workdir, attack_outputs.ATTACK_FILE),
-      {'settings': reporting.config_json(config), 'target_config': saved, **results},
+  return gmi.select_final_and_report(
+      config, workdir, saved, results, classes, latents, latent_classes, jax.jit(confidence), jax.jit(render), evaluator
   )
-  logging.info('Attack done: %s', results)
-  return results
 
 
 def _optimize_unit(config, run_attack, put, batch_classes, z_dim, unit, restart, path):

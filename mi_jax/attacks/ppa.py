@@ -264,6 +264,12 @@ def attack_ppa(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for name, prefix in (('filtered', 'eval'), ('unfiltered', 'eval_unfiltered')):
       accuracy = scores_lib.attack_accuracy(*map(np.concatenate, evaluated[name]))
       results[f'{prefix}_top1'], results[f'{prefix}_top5'] = accuracy['top1'], accuracy['top5']
+  return write_outputs(config, workdir, saved, results, logs, summary)
+
+
+def write_outputs(config, workdir: str, saved: dict, results: dict, logs: list, summary: dict) -> dict:
+  """log.json (per batch and step) and attack.json (settings, the target's config, per-class final
+  confidence `summary`, `results`) of a StyleGAN-prior attack; returns `results`."""
   reporting.write_json(os.path.join(workdir, 'log.json'), {'batches': logs}, indent=None)
   reporting.write_json(
       os.path.join(workdir, attack_outputs.ATTACK_FILE),
