@@ -38,6 +38,7 @@ COLUMNS = (
     ('epoch', 'Epoch'),
     ('acc', 'Acc ↑'),
     ('attack_acc_top1', 'AttAcc@1 ↓'),
+    ('attack_acc_top1_ci', '95% CI'),
     ('attack_acc_top5', 'AttAcc@5 ↓'),
     ('attack_acc_unfiltered_top1', 'AttAcc@1 unfilt. ↓'),
     ('knn_dist_eval', 'KNN eval ↑'),
@@ -315,16 +316,31 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   return rows
 
 
+NO_ACCURACY_COST = 'no acc. cost'  # Δ's cell where a defense does not lower the test accuracy
+
+
 def add_deltas(rows: list[dict]):
-  """Δ of each defended row against the no-defense row of its architecture and attack (top-1 accuracy)."""
+  """Δ of each defended row against the no-defense row of its architecture and attack (top-1 accuracy),
+  NO_ACCURACY_COST where the defense does not lower the accuracy (Δ is undefined there), and the 95%
+  Wilson interval of each row's top-1 attack accuracy over its images."""
   baseline = {(r['architecture'], r.get('attack')): r for r in rows if r['key'] == 'none'}
   for r in rows:
     base = baseline.get((r['architecture'], r.get('attack')))
-    r['delta'] = (
-        float('nan')
-        if base is None or r is base
-        else scores.delta_ratio(base['acc'], base['attack_acc_top1'], r['acc'], r['attack_acc_top1'])
-    )
+    if base is None or r is base:
+      r['delta'] = float('nan')
+    elif not scores.accuracy_cost(base['acc'], r['acc']):
+      r['delta'] = NO_ACCURACY_COST
+    else:
+      r['delta'] = scores.delta_ratio(base['acc'], base['attack_acc_top1'], r['acc'], r['attack_acc_top1'])
+    if r.get('images'):
+      low, high = scores.wilson_interval(round(r['attack_acc_top1'] * r['images']), r['images'])
+      r['attack_acc_top1_ci'] = [low, high]
+      r['attack_acc_top1_ci_low'], r['attack_acc_top1_ci_high'] = low, high
+
+
+def _no_negative_zero(value: float) -> float:
+  """Values that print as zero print as 0.00, not -0.00."""
+  return 0.0 if abs(value) < 0.005 else value
 
 
 def _cell(key: str, value) -> str:
@@ -333,10 +349,12 @@ def _cell(key: str, value) -> str:
   if value is None or (isinstance(value, float) and math.isnan(value)):
     return '–'
   if key in PERCENT:
-    return f'{100 * value:.2f}'
+    return f'{_no_negative_zero(100 * value):.2f}'
+  if key.endswith('_ci'):  # a (low, high) interval of a percentage
+    return '–'.join(f'{_no_negative_zero(100 * v):.1f}' for v in value)
   if isinstance(value, float) and math.isinf(value):
     return '∞' if value > 0 else '−∞'
-  value = value + 0.0  # no '-0.00': -0.0 + 0.0 is 0.0
+  value = _no_negative_zero(value + 0.0)
   if key == 'epoch':
     return f'{value:g}'
   return f'{value:.2f}' if key != 'knn_dist_eval' or abs(value) < 1e4 else f'{value:.3g}'
@@ -360,8 +378,11 @@ def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
   return '\n'.join(lines)
 
 
-def _columns(study, columns=COLUMNS):
-  """The table's columns: an Attack column after Defense when the study runs more than one attack."""
+def _columns(study, columns=COLUMNS, num_classes: int = 0):
+  """The table's columns: an Attack column after Defense when the study runs more than one attack; no
+  top-5 column for 5 classes or fewer (it is 100% by construction)."""
+  if 0 < num_classes <= 5:
+    columns = tuple(c for c in columns if c[0] != 'attack_acc_top5')
   if len(study.attacks) < 2:
     return columns
   return columns[:2] + (('attack', 'Attack'),) + columns[2:]
@@ -373,17 +394,22 @@ def write_table(workdir: str, rows: list[dict], config: ml_collections.ConfigDic
       f'Accuracies in %. Epoch: of the attacked checkpoint ({config.study.checkpoint}), whose test accuracy is '
       "Acc. AttAcc: the evaluation model's accuracy on the final images (unfilt.: on every optimised image, "
       'before final selection). KNN distances: squared L2 to the nearest private training image of the class. '
-      f'FID and PRDC (k = 3, per class, averaged) on {fid}. Δ = AttAcc@1 drop / Acc drop against No defense. '
+      f'FID and PRDC (k = 3, per class, averaged) on {fid}. Δ = AttAcc@1 drop / Acc drop against No defense; '
+      f'"{NO_ACCURACY_COST}" where the defense does not lower Acc (Δ is undefined there: a ratio to no cost). '
+      "95% CI: Wilson interval of AttAcc@1 over the row's images (one training seed; the interval does not "
+      'cover seed-to-seed variation). '
       'False pos.: share of the final images the target accepts (confidence > 0.5) that the evaluation '
       'model rejects.'
   )
+  num_classes = config.classifier.model.num_classes
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
     f.write(
-        f'{markdown_table(rows, _columns(config.study))}\n\n'
+        f'{markdown_table(rows, _columns(config.study, num_classes=num_classes))}\n\n'
         f'{markdown_table(rows, _columns(config.study, PRDC_COLUMNS))}\n\n{note}\n'
     )
   keys = (
-      [k for k, _ in _columns(config.study)]
+      [k for k, _ in _columns(config.study) if k != 'attack_acc_top1_ci']
+      + ['attack_acc_top1_ci_low', 'attack_acc_top1_ci_high']
       + [k for k, _ in PRDC_COLUMNS if k.startswith('prdc_')]
       + ['step', 'fid_features']
   )

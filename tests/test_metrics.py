@@ -52,8 +52,21 @@ def test_delta_ratio_reproduces_the_paper_table():
   assert scores.delta_ratio(94.69, 90.78, 91.38, 71.86) == pytest.approx(5.72, abs=0.005)  # RoLSS
   assert scores.delta_ratio(94.69, 90.78, 94.40, 81.65) == pytest.approx(31.48, abs=0.005)  # TTS
   assert scores.delta_ratio(94.69, 90.78, 91.66, 81.98) == pytest.approx(2.90, abs=0.005)  # BiDO
-  assert math.isinf(scores.delta_ratio(90.0, 80.0, 90.0, 70.0))
-  assert math.isnan(scores.delta_ratio(90.0, 80.0, 90.0, 80.0))
+  # Undefined without an accuracy cost: the same accuracy, or a higher one (whatever the attack did).
+  assert math.isnan(scores.delta_ratio(90.0, 80.0, 90.0, 70.0))
+  assert math.isnan(scores.delta_ratio(90.0, 80.0, 91.0, 70.0)) and math.isnan(
+      scores.delta_ratio(90.0, 80.0, 91.0, 85.0)
+  )
+  assert scores.accuracy_cost(90.0, 89.0) and not scores.accuracy_cost(90.0, 90.0)
+
+
+def test_wilson_interval_known_values():
+  # Published 95% Wilson intervals (e.g. Newcombe 1998, Table I; Brown, Cai & DasGupta 2001).
+  np.testing.assert_allclose(scores.wilson_interval(5, 10), (0.2366, 0.7634), atol=1e-4)
+  np.testing.assert_allclose(scores.wilson_interval(0, 10), (0.0, 0.2775), atol=1e-4)
+  np.testing.assert_allclose(scores.wilson_interval(10, 10), (0.7225, 1.0), atol=1e-4)
+  np.testing.assert_allclose(scores.wilson_interval(81, 263), (0.2553, 0.3662), atol=1e-4)
+  assert all(math.isnan(v) for v in scores.wilson_interval(0, 0))
 
 
 def test_prdc_matches_the_reference_package():

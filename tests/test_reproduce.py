@@ -8,6 +8,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -63,6 +64,24 @@ def tiny_study(tmp_path_factory, tfds_dir):
   return config, workdir, rows
 
 
+def test_table_deltas_intervals_and_columns():
+  """Δ only where accuracy dropped, a Wilson interval per row, no -0.00, no top-5 column for <= 5 classes."""
+  row = lambda key, acc, attack: dict(
+      architecture='resnet18', defense=key, key=key, acc=acc, attack_acc_top1=attack, attack_acc_top5=1.0, images=30
+  )
+  rows = [row('none', 0.9, 0.8), row('rolss', 0.85, 0.6), row('ssf', 0.95, 0.5), row('tts', 0.9, -0.0)]
+  reproduce.add_deltas(rows)
+  assert math.isnan(rows[0]['delta']) and rows[1]['delta'] == pytest.approx(4.0)
+  assert rows[2]['delta'] == rows[3]['delta'] == reproduce.NO_ACCURACY_COST  # higher, or equal, accuracy
+  assert rows[1]['attack_acc_top1_ci'] == list(scores.wilson_interval(18, 30))
+  study = ml_collections.ConfigDict({'attacks': ('ppa',)})
+  five = reproduce.markdown_table(rows, reproduce._columns(study, num_classes=5))  # pylint: disable=protected-access
+  many = reproduce.markdown_table(rows, reproduce._columns(study, num_classes=530))  # pylint: disable=protected-access
+  assert 'AttAcc@5' not in five and 'AttAcc@5' in many
+  assert '| 4.00 |' in five and '| no acc. cost |' in five and '-0.00' not in five
+  assert '| 60.00 | 42.3–75.4 |' in five  # 18/30 and its interval
+
+
 @pytest.mark.slow
 def test_study_writes_the_table_and_the_figures(tiny_study):
   _, workdir, rows = tiny_study
@@ -78,8 +97,13 @@ def test_study_writes_the_table_and_the_figures(tiny_study):
   assert math.isnan(rows[0]['delta'])
   # Δ is the attack-accuracy drop over the accuracy drop against the No-defense row.
   base, tts_row = rows
-  want = scores.delta_ratio(base['acc'], base['attack_acc_top1'], tts_row['acc'], tts_row['attack_acc_top1'])
-  assert tts_row['delta'] == pytest.approx(want, nan_ok=True)
+  if scores.accuracy_cost(base['acc'], tts_row['acc']):
+    want = scores.delta_ratio(base['acc'], base['attack_acc_top1'], tts_row['acc'], tts_row['attack_acc_top1'])
+    assert tts_row['delta'] == pytest.approx(want)
+  else:
+    assert tts_row['delta'] == reproduce.NO_ACCURACY_COST
+  low, high = tts_row['attack_acc_top1_ci']
+  assert (low, high) == scores.wilson_interval(round(tts_row['attack_acc_top1'] * 10), 10)
   markdown = open(os.path.join(workdir, 'results.md')).read()
   assert '| resnet18 | TTS |' in markdown and 'Δ' in markdown and 'Coverage' in markdown
   assert "evaluation model's features" in markdown and 'FID ↑ (eval. features)' in markdown  # the convention

@@ -4,9 +4,12 @@ attack_accuracy   top-1 / top-5 of an evaluation model on attack images (PPA met
 knn_distance      mean over attack images of the squared L2 distance to the nearest private training
                   feature of the same class (PPA metrics/distance_metrics.py)
 frechet_distance  FID between two Gaussians fitted to Inception features (pytorch-fid's formula)
-delta_ratio       Δ = (AttAcc_nodef - AttAcc_def) / (Acc_nodef - Acc_def), higher is better
+delta_ratio       Δ = (AttAcc_nodef - AttAcc_def) / (Acc_nodef - Acc_def), higher is better; undefined without a cost
+wilson_interval   the 95% Wilson interval of a proportion (attack accuracy over n images)
 prdc              precision, recall, density, coverage (Naeem et al., ICML 2020), per class as PPA
 """
+
+import math
 
 import numpy as np
 import scipy.linalg
@@ -73,13 +76,29 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 def delta_ratio(acc_nodef: float, attack_acc_nodef: float, acc_def: float, attack_acc_def: float) -> float:
   """Attack-accuracy drop per point of natural-accuracy drop against the no-defense model.
 
-  Infinite when the defense costs no accuracy but lowers the attack; NaN for the no-defense row itself.
+  Undefined (NaN) when the defense does not lower the natural accuracy: a ratio to a zero or negative
+  cost would rank a defense that also raises accuracy by the sign of an accident (the table says "no
+  accuracy cost" there, `accuracy_cost`).
   """
-  acc_drop = acc_nodef - acc_def
-  attack_drop = attack_acc_nodef - attack_acc_def
-  if acc_drop == 0:
-    return float('nan') if attack_drop == 0 else float(np.sign(attack_drop) * np.inf)
-  return attack_drop / acc_drop
+  if not accuracy_cost(acc_nodef, acc_def):
+    return float('nan')
+  return (attack_acc_nodef - attack_acc_def) / (acc_nodef - acc_def)
+
+
+def accuracy_cost(acc_nodef: float, acc_def: float) -> bool:
+  """Whether the defense lowers the natural accuracy (Δ is defined only then)."""
+  return acc_def < acc_nodef
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
+  """The Wilson score interval of a binomial proportion (95% for the default z); (nan, nan) for no trials."""
+  if trials <= 0:
+    return float('nan'), float('nan')
+  p = successes / trials
+  denominator = 1.0 + z * z / trials
+  center = (p + z * z / (2 * trials)) / denominator
+  half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+  return max(0.0, center - half), min(1.0, center + half)
 
 
 def _pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
