@@ -45,6 +45,7 @@ COLUMNS = (
     ('knn_dist_facenet', 'KNN FaceNet ↑'),
     ('fid', 'FID ↑'),
     ('delta', 'Δ ↑'),
+    ('p_vs_none', 'p vs none'),
     ('false_positive_rate', 'False pos.'),
 )
 PRDC_COLUMNS = (
@@ -322,7 +323,8 @@ NO_ACCURACY_COST = 'no acc. cost'  # Δ's cell where a defense does not lower th
 def add_deltas(rows: list[dict]):
   """Δ of each defended row against the no-defense row of its architecture and attack (top-1 accuracy),
   NO_ACCURACY_COST where the defense does not lower the accuracy (Δ is undefined there), and the 95%
-  Wilson interval of each row's top-1 attack accuracy over its images."""
+  Wilson interval of each row's top-1 attack accuracy over its images, and the two-sided Fisher exact
+  p-value of its difference from the no-defense row's (`p_vs_none`)."""
   baseline = {(r['architecture'], r.get('attack')): r for r in rows if r['key'] == 'none'}
   for r in rows:
     base = baseline.get((r['architecture'], r.get('attack')))
@@ -333,9 +335,16 @@ def add_deltas(rows: list[dict]):
     else:
       r['delta'] = scores.delta_ratio(base['acc'], base['attack_acc_top1'], r['acc'], r['attack_acc_top1'])
     if r.get('images'):
-      low, high = scores.wilson_interval(round(r['attack_acc_top1'] * r['images']), r['images'])
+      low, high = scores.wilson_interval(_hits(r), r['images'])
       r['attack_acc_top1_ci'] = [low, high]
       r['attack_acc_top1_ci_low'], r['attack_acc_top1_ci_high'] = low, high
+      if base is not None and r is not base and base.get('images'):
+        r['p_vs_none'] = scores.fisher_exact_p(_hits(r), r['images'], _hits(base), base['images'])
+
+
+def _hits(row: dict) -> int:
+  """The number of a row's final images the evaluation model labels as their class."""
+  return round(row['attack_acc_top1'] * row['images'])
 
 
 def _no_negative_zero(value: float) -> float:
@@ -354,6 +363,8 @@ def _cell(key: str, value) -> str:
     return '–'.join(f'{_no_negative_zero(100 * v):.1f}' for v in value)
   if isinstance(value, float) and math.isinf(value):
     return '∞' if value > 0 else '−∞'
+  if key == 'p_vs_none':
+    return f'{value:.2g}'
   value = _no_negative_zero(value + 0.0)
   if key == 'epoch':
     return f'{value:g}'
@@ -397,7 +408,8 @@ def write_table(workdir: str, rows: list[dict], config: ml_collections.ConfigDic
       f'FID and PRDC (k = 3, per class, averaged) on {fid}. Δ = AttAcc@1 drop / Acc drop against No defense; '
       f'"{NO_ACCURACY_COST}" where the defense does not lower Acc (Δ is undefined there: a ratio to no cost). '
       "95% CI: Wilson interval of AttAcc@1 over the row's images (one training seed; the interval does not "
-      'cover seed-to-seed variation). '
+      'cover seed-to-seed variation). p vs none: two-sided Fisher exact test of AttAcc@1 against the No '
+      "defense row (the two rows' images taken as independent samples). "
       'False pos.: share of the final images the target accepts (confidence > 0.5) that the evaluation '
       'model rejects.'
   )

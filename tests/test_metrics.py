@@ -69,6 +69,12 @@ def test_wilson_interval_known_values():
   assert all(math.isnan(v) for v in scores.wilson_interval(0, 0))
 
 
+def test_fisher_exact_p_known_value():
+  # 8 of 10 against 1 of 6: two-sided p = 0.034965 (the hypergeometric tail, e.g. scipy's documented example).
+  assert scores.fisher_exact_p(8, 10, 1, 6) == pytest.approx(0.0349650, abs=1e-6)
+  assert scores.fisher_exact_p(5, 10, 5, 10) == pytest.approx(1.0)
+
+
 def test_prdc_matches_the_reference_package():
   prdc_reference = pytest.importorskip('prdc', reason='prdc is not installed (the test extra)')
   rng = np.random.default_rng(0)

@@ -80,6 +80,7 @@ def test_table_deltas_intervals_and_columns():
   assert 'AttAcc@5' not in five and 'AttAcc@5' in many
   assert '| 4.00 |' in five and '| no acc. cost |' in five and '-0.00' not in five
   assert '| 60.00 | 42.3–75.4 |' in five  # 18/30 and its interval
+  assert rows[1]['p_vs_none'] == pytest.approx(scores.fisher_exact_p(18, 30, 24, 30)) and 'p_vs_none' not in rows[0]
 
 
 @pytest.mark.slow

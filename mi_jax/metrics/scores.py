@@ -6,6 +6,7 @@ knn_distance      mean over attack images of the squared L2 distance to the near
 frechet_distance  FID between two Gaussians fitted to Inception features (pytorch-fid's formula)
 delta_ratio       Δ = (AttAcc_nodef - AttAcc_def) / (Acc_nodef - Acc_def), higher is better; undefined without a cost
 wilson_interval   the 95% Wilson interval of a proportion (attack accuracy over n images)
+fisher_exact_p    two-sided Fisher exact test of two attack accuracies
 prdc              precision, recall, density, coverage (Naeem et al., ICML 2020), per class as PPA
 """
 
@@ -13,6 +14,7 @@ import math
 
 import numpy as np
 import scipy.linalg
+import scipy.stats
 
 
 def attack_accuracy(logits: np.ndarray, targets: np.ndarray, k: int = 5) -> dict[str, float]:
@@ -88,6 +90,12 @@ def delta_ratio(acc_nodef: float, attack_acc_nodef: float, acc_def: float, attac
 def accuracy_cost(acc_nodef: float, acc_def: float) -> bool:
   """Whether the defense lowers the natural accuracy (Δ is defined only then)."""
   return acc_def < acc_nodef
+
+
+def fisher_exact_p(successes_a: int, trials_a: int, successes_b: int, trials_b: int) -> float:
+  """Two-sided p-value of Fisher's exact test that two attack accuracies (k of n images each) are equal."""
+  table = [[successes_a, trials_a - successes_a], [successes_b, trials_b - successes_b]]
+  return float(scipy.stats.fisher_exact(table).pvalue)
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
