@@ -255,10 +255,7 @@ def attack_gan64(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f'config.generator.dir={config.generator.dir!r} makes {gan_config.resolution}px images; the target in '
         f"config.target.workdir takes {size}px ones: train the GAN at the protocol's size"
     )
-  classes = [int(c) for c in a.classes] or list(range(a.num_classes or num_classes))
-  bad = [c for c in classes if not 0 <= c < num_classes]
-  if bad:
-    raise ppa.AttackError(f"config.attack.classes: {bad[:10]} are outside the target's {num_classes} classes")
+  classes = attack_classes(a, num_classes)
 
   G = networks.Generator(gan_config)
   D = networks.WGANCritic(gan_config) if gan_kind == 'wgan_gp' else networks.MinibatchCritic(gan_config)
@@ -322,6 +319,16 @@ def attack_gan64(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return select_final_and_report(
       config, workdir, saved, results, classes, latents, latent_classes, score, jax.jit(generate), evaluator
   )
+
+
+def attack_classes(attack: ml_collections.ConfigDict, num_classes: int) -> list[int]:
+  """The identities a low-resolution attack inverts: attack.classes, else the first attack.num_classes (0: all)
+  of the target's `num_classes`; refuses classes the target does not have."""
+  classes = [int(c) for c in attack.classes] or list(range(attack.num_classes or num_classes))
+  bad = [c for c in classes if not 0 <= c < num_classes]
+  if bad:
+    raise ppa.AttackError(f"config.attack.classes: {bad[:10]} are outside the target's {num_classes} classes")
+  return classes
 
 
 def select_final_and_report(

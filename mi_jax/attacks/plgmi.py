@@ -155,10 +155,7 @@ def attack_plgmi(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f'config.generator.dir={config.generator.dir!r} was trained for {gan_config.num_classes} classes; the '
         f'target in config.target.workdir has {num_classes}: PLG-MI trains its GAN for the target it attacks'
     )
-  classes = [int(c) for c in a.classes] or list(range(a.num_classes or num_classes))
-  bad = [c for c in classes if not 0 <= c < num_classes]
-  if bad:
-    raise ppa.AttackError(f"config.attack.classes: {bad[:10]} are outside the target's {num_classes} classes")
+  classes = gmi.attack_classes(a, num_classes)
 
   G = conditional.ConditionalGenerator(gan_config)
   generate = lambda z, y: G.apply(g_vars, z, y)
