@@ -3,6 +3,8 @@
   python launch.py --config=configs/attack_ppa.py --workdir=/ckpt/r101_attack \\
       --config.target.workdir=/ckpt/r101_full --config.generator.dir=~/generators/ffhq
 
+Presets for PPA's other settings: `:celeba` (CelebA_FFHQ.yaml) and `:dogs` (Stanford_Dogs_AFHQ.yaml, with
+the AFHQ-dog generator imported from NVIDIA's afhqdog.pkl).
 The generator directory comes from configs/import_stylegan.py (NVIDIA's ffhq.pkl) or the gan job.
 For a TTS target, name its stage2/ directory. A killed attack resumes after its last finished batch.
 
@@ -24,7 +26,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, demo=False)
+  arg = common.parse_arg(arg, demo=False, celeba=False, dogs=False)
   config = ml_collections.ConfigDict()
   config.job = 'attack_ppa'
   config.seed = 42  # z pool (np.random.RandomState), crops, final selection.
@@ -66,6 +68,10 @@ def get_config(arg=None):
   config.attack.final_rrc_scale = (0.5, 0.9)
   config.attack.final_rrc_ratio = (0.8, 1.2)
 
+  if arg.celeba:  # PPA's configs/attacking/CelebA_FFHQ.yaml: a larger pool, more steps
+    config.attack.update(search_space_size=5000, steps=70)
+  if arg.dogs:  # PPA's Stanford_Dogs_AFHQ.yaml: AFHQ-dog 512 px (import afhqdog.pkl), the whole image, 100 steps
+    config.attack.update(center_crop=0, rrc_scale=(0.75, 1.0), steps=100, lr=0.01)
   if arg.demo:
     config.target.workdir = 'workdir/baseline_demo'
     config.generator.dir = 'docs/gan_demo/generator'

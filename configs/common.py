@@ -59,6 +59,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.aux_logits = False  # Inception-v3: the auxiliary head (trained, unused in evaluation).
   config.model.unit_range_input = False  # VGG16-64/IR nets: (x + 1) / 2 first, for the reference's [0, 1] weights.
   config.model.legacy_stage3_split = 1.0  # ResNet: the RoLSS release's split=0.8 leftover (models/resnet.py); 1 = off.
+  # ViT, MaxViT: which residual of a transformer layer the skip factor scales: 'all', 'attention' or 'mlp' (the
+  # official code's `mode`).
+  config.model.residual_branch = 'all'
+  config.model.maxvit_layers = ('none',) * 4  # MaxViT per stage: layers taking k, e.g. 'grid', 'mbconv+window', 'none'.
+  config.model.maxvit_leading_layers = (0,) * 4  # MaxViT, per stage: how many leading layers that covers; 0 = all.
+  config.model.maxvit_mbconv_factor_on = 'branch'  # MaxViT: k on the MBConv 'branch' (official) or the 'identity'.
+  config.model.maxvit_partition_size = 0  # MaxViT: window/grid side; 0 = the architecture's own (7).
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'facescrub'  # facescrub, celeba1000, image_folder/<name>, mnist_demo/private, ...

@@ -18,6 +18,9 @@ listed in the README's protocol table. A field the protocol needs and the user l
 ImageNet file, the evaluation model's file) stops the study before any work, naming the field;
 `study.from_scratch=True` trains without them instead.
 
+Other private data sets: `:dataset=celeba` (CelebA-1000) and `:dataset=dogs` (Stanford Dogs with the
+AFHQ-dog generator); see private_dataset.
+
 More attacks per cell: `:attacks=ppa+ifgmi+plgmi` (IF-GMI on the same generator; PLG-MI trains its
 conditional GAN for each cell's target first: name its public data in attacks.plgmi.generator_job.data).
 
@@ -25,6 +28,11 @@ Demo, the same matrix for a narrow ResNet-18 and DenseNet-121 on the bundled MNI
 (private 0-4) with the committed demo generator (public 5-9), on CPU (about 15 minutes on 2 cores):
 
   python launch.py --config=configs/paper.py:demo --workdir=workdir/paper_demo
+
+The paper's ablations, each a figure against the swept value (`:sweeps=stage_removal`, `ssf_k`,
+`tts_switch`, or several joined with '+'; with `demo` for the digits):
+
+  python launch.py --config=configs/paper.py:demo,sweeps=ssf_k --workdir=workdir/sweep_ssf_k
 
 The job trains what is missing, attacks, evaluates, and writes results.md/.csv/.json and
 figures/ into the workdir; relaunching skips finished work and resumes the rest.
@@ -41,13 +49,17 @@ DEFENSES = ('none', 'rolss', 'ssf', 'tts', 'bido', 'rolss_bido')
 
 # The RoLSS code's per-architecture training recipe (configs/training/targets/FaceScrub/<arch>/full.yaml):
 # ImageNet initialisation and batch 128 for ResNets, MobileNetV2 and ConvNeXt; DenseNets from scratch with
-# batch 64 (the ImageNet weights do not fit truncated dense blocks). RepVGG is not in that code.
+# batch 64 (the ImageNet weights do not fit truncated dense blocks); MaxViT and ViT from ImageNet with batch 64.
+# RepVGG and EfficientNet have no recipe there.
 FAMILY_RECIPES = {
     'resnet': dict(init='imagenet', batch_size=128),
     'densenet': dict(init='scratch', batch_size=64),
     'mobilenet': dict(init='imagenet', batch_size=128),
     'convnext': dict(init='imagenet', batch_size=128),
     'repvgg': dict(init='scratch', batch_size=128),
+    'maxvit': dict(init='imagenet', batch_size=64),
+    'vit': dict(init='imagenet', batch_size=64),
+    'efficientnet': dict(init='imagenet', batch_size=128),  # not in the RoLSS code: MobileNetV2's recipe
 }
 
 
@@ -65,8 +77,42 @@ def per_architecture_table() -> ml_collections.ConfigDict:
   return table
 
 
+DATASETS = ('facescrub', 'celeba', 'dogs')
+
+
+def private_dataset(config: ml_collections.ConfigDict, dataset: str):
+  """The study on PPA's other private data sets (`:dataset=celeba` or `:dataset=dogs`).
+
+  celeba: CelebA-1000 (PPA's 224 px HD crops, on which its test-time Resize(224) + CenterCrop(224) is the
+  identity; for img_align_celeba set data.center_crop=178), the evaluation model's CelebA recipe
+  (milestones [75, 90]; PPA's released CelebA Inception-v3 for 'import') and PPA's CelebA_FFHQ attack.
+  dogs: Stanford Dogs, targets on the whole images, the evaluation model on the annotated boxes
+  (stanford_dogs/cropped), DenseNets with batch 128 (the RoLSS code), PPA's Stanford_Dogs_AFHQ attack
+  on the AFHQ-dog generator (name it in attacks.ppa.generator.dir).
+  """
+  if dataset not in DATASETS:
+    raise ValueError(f'preset dataset={dataset!r}: expected one of {DATASETS}')
+  data, num_classes, attack = {
+      'celeba': ('celeba1000', 1000, 'celeba'),
+      'dogs': ('stanford_dogs/uncropped', 120, 'dogs'),
+  }[dataset]
+  config.classifier.data.name = data
+  config.classifier.model.num_classes = config.evaluation_model.model.num_classes = num_classes
+  if dataset == 'celeba':
+    config.evaluation_model.optim.lr_milestones = eval_model.get_config('celeba').optim.lr_milestones
+  else:
+    config.study.evaluation_data = 'stanford_dogs/cropped'
+    for name, row in config.study.per_architecture.items():
+      if models.family_of(name).name == 'densenet':
+        row.batch_size = 128
+  settings = attack_ppa.get_config(attack).attack
+  config.attacks.ppa.attack.update(
+      {k: settings[k] for k in ('search_space_size', 'steps', 'center_crop', 'rrc_scale', 'lr')}
+  )
+
+
 def get_config(arg=None):
-  arg = common.parse_arg(arg, demo=False, epochs=3, attacks='ppa')
+  arg = common.parse_arg(arg, demo=False, epochs=3, attacks='ppa', sweeps='', dataset='facescrub')
   config = ml_collections.ConfigDict()
   config.job = 'reproduce'
   config.seed = 42
@@ -79,10 +125,22 @@ def get_config(arg=None):
   config.study.per_architecture = per_architecture_table()
   config.study.from_scratch = False  # True: ImageNet-initialised models start from random weights
   config.study.tts_stage1_fraction = 0.05  # TTS: M = 5 of 100 epochs with skips
-  config.study.checkpoint = 'best'  # Attacked and reported: 'best' on test (RoLSS code) or 'latest' (PPA)
+  # Attacked and reported: 'best' on test (RoLSS code), 'latest' (PPA), or 'matched': per cell the checkpoint whose
+  # test accuracy is closest to match_accuracy (the paper compares some defenses at matched natural accuracy).
+  config.study.checkpoint = 'best'
+  config.study.match_accuracy = 0.0
+  config.study.seeds = ()  # Training (and attack) seeds of every cell; () = (config.seed,). Several: CIs across them.
+  # The paper's ablations, as more cells per architecture, each plotted against its value: 'stage_removal' (each
+  # stage's skips removed alone), 'ssf_k' (k of sweep_ssf_k), 'tts_switch' (M = each share of the epochs).
+  config.study.sweeps = tuple(filter(None, arg.sweeps.split('+')))
+  config.study.sweep_ssf_k = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+  config.study.sweep_tts_stage1_fractions = (0.01, 0.05, 0.1, 0.25, 0.5)
+  if config.study.sweeps:  # a sweep's reference row; the rest of the matrix is its own study
+    config.study.defenses = ('none',)
   # 'import': the evaluation model is the file evaluation_model.model.init_file used as it is (PPA's released
   # inception_v3_facescrub.pt, as the RoLSS code attacks with); 'train': trained here by PPA's recipe.
   config.study.evaluation_model = 'import'
+  config.study.evaluation_data = ''  # The evaluation model's data set (its name); '' = the targets'.
 
   # Shared by every target: data, model size (num_classes, width, stem, dtype), optimiser, schedule and the
   # BiDO weights of the BiDO rows. Its job, seed, model.name, skip, init_file and batch size are set per cell.
@@ -113,6 +171,9 @@ def get_config(arg=None):
   if 'plgmi' in config.study.attacks:
     config.attacks.plgmi = attack_plgmi.get_config()
     config.attacks.plgmi.generator_job = plgmi_gan.get_config()
+
+  if arg.dataset != 'facescrub':
+    private_dataset(config, arg.dataset)
 
   config.analysis = ml_collections.ConfigDict()
   config.analysis.repvgg = 'repvgg_a0'  # RepVGG equivalence figure ('' = skip).

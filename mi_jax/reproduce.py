@@ -12,12 +12,21 @@ or trained); then it writes `results.md`, `results.csv` and `results.json` (Acc 
 checkpoint, AttAcc top-1/5 filtered and unfiltered, KNN distances, FID, PRDC, Δ against the arch's
 no-defense row, false-positive rate) and the figures in `figures/`.
 
+Beyond the main matrix (`study.defenses`), `study.sweeps` adds the paper's ablations as more cells:
+'stage_removal' (each stage's skips removed alone), 'ssf_k' (SSF's k on the last stage) and
+'tts_switch' (TTS's switch epoch M), each plotted against its swept value. `study.seeds` trains every
+cell with several seeds; the table then gives means with 95% intervals across seeds, and each
+defense's paired test against No defense pairs its attacked classes seed by seed.
+`study.checkpoint='matched'` attacks, per cell, the checkpoint whose test accuracy is closest to
+`study.match_accuracy` (the paper's comparisons at matched natural accuracy).
+
 Work whose outputs exist is skipped (a finished train job's results.json, an attack's
 attack.json, an evaluation.json), and each job resumes from its own checkpoints, so a
 killed study continues where it stopped when the same command is run again.
 """
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -25,6 +34,7 @@ import time
 
 from absl import logging
 import ml_collections
+import numpy as np
 
 from mi_jax import attacks, config_checks, defenses, jobs, models
 from mi_jax.analysis import gradient_flow, plots, repvgg_equivalence
@@ -37,8 +47,9 @@ COLUMNS = (
     ('defense', 'Defense'),
     ('epoch', 'Epoch'),
     ('acc', 'Acc ↑'),
+    ('acc_ci', 'Acc 95% CI'),
     ('attack_acc_top1', 'AttAcc@1 ↓'),
-    ('attack_acc_top1_ci', '95% CI'),
+    ('attack_acc_top1_ci', 'AttAcc@1 95% CI'),
     ('attack_acc_top5', 'AttAcc@5 ↓'),
     ('attack_acc_unfiltered_top1', 'AttAcc@1 unfilt. ↓'),
     ('knn_dist_eval', 'KNN eval ↑'),
@@ -47,6 +58,7 @@ COLUMNS = (
     ('delta', 'Δ ↑'),
     ('p_vs_none', 'p vs none'),
     ('false_positive_rate', 'False pos.'),
+    ('images', 'Images'),
 )
 PRDC_COLUMNS = (
     ('architecture', 'Arch'),
@@ -95,7 +107,30 @@ def validate_config(config: ml_collections.ConfigDict):
     )
   check(len(study.architectures) > 0, 'study.architectures', study.architectures, 'expected at least one architecture')
   check(len(study.attacks) > 0, 'study.attacks', study.attacks, 'expected at least one attack')
-  check(study.checkpoint in ('latest', 'best'), 'study.checkpoint', study.checkpoint, "expected 'latest' or 'best'")
+  check(
+      study.checkpoint in CHECKPOINT_CHOICES,
+      'study.checkpoint',
+      study.checkpoint,
+      f'expected one of {CHECKPOINT_CHOICES}',
+  )
+  check(
+      study.checkpoint != 'matched' or 0.0 < study.match_accuracy <= 1.0,
+      'study.match_accuracy',
+      study.match_accuracy,
+      "study.checkpoint='matched' attacks the checkpoint whose test accuracy is closest to this: expected (0, 1]",
+  )
+  for sweep in study.sweeps:
+    check(sweep in SWEEPS, 'study.sweeps', tuple(study.sweeps), f'{sweep!r}: expected sweeps of {sorted(SWEEPS)}')
+  check(all(0.0 <= k <= 1.0 for k in study.sweep_ssf_k), 'study.sweep_ssf_k', study.sweep_ssf_k, 'expected k in [0, 1]')
+  check(
+      all(0.0 < m < 1.0 for m in study.sweep_tts_stage1_fractions),
+      'study.sweep_tts_stage1_fractions',
+      study.sweep_tts_stage1_fractions,
+      'expected shares of the epochs in (0, 1) trained with every skip before the switch',
+  )
+  check(
+      len(set(seeds_of(config))) == len(seeds_of(config)), 'study.seeds', tuple(study.seeds), 'expected distinct seeds'
+  )
   check(
       study.evaluation_model in EVALUATION_MODEL_SOURCES,
       'study.evaluation_model',
@@ -141,8 +176,8 @@ def validate_config(config: ml_collections.ConfigDict):
         "weights: name torchvision's file, or set config.study.from_scratch=True",
     )
   for arch in study.architectures:
-    for defense in study.defenses:
-      jobs.validate_config(row_config(config, arch, defense))
+    for cell in study_cells(config, arch):
+      jobs.validate_config(row_config(config, arch, cell))
   jobs.validate_config(evaluation_config(config))
   for attack in study.attacks:
     generator_job = generator_config(config, attack, "<each cell's target>")
@@ -159,23 +194,100 @@ def validate_config(config: ml_collections.ConfigDict):
   evaluate.validate_metrics(config.metrics)
 
 
-def row_config(config: ml_collections.ConfigDict, arch: str, defense: str) -> ml_collections.ConfigDict:
-  """The train config of one cell: the study's classifier settings for `arch` (its row of
-  study.per_architecture), with `defense` applied."""
+CHECKPOINT_CHOICES = ('best', 'latest', 'matched')
+# study.sweeps: name -> what its x axis is.
+SWEEPS = {
+    'stage_removal': 'stage whose skips are removed (all others kept)',
+    'ssf_k': "SSF's k on the last stage's skips",
+    'tts_switch': "TTS's switch epoch M (epochs with every skip before the transplant)",
+}
+MATCHED_KEEP = 1_000_000  # study.checkpoint='matched' keeps every evaluated checkpoint to choose from
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One target of the study for an architecture: a defense of the main matrix or a point of a sweep."""
+
+  key: str  # its directory under <workdir>/<arch>/ and its rows' key
+  defense: str  # the mi_jax.defenses entry it is trained with
+  label: str  # its name in the table
+  sweep: str = ''  # '' (the main matrix) or the SWEEPS entry it belongs to
+  value: float = math.nan  # the swept value: a stage number, SSF's k or TTS's M in epochs
+  skip: tuple = ()  # config.model.skip instead of the defense's (stage-wise removal)
+  ssf_k: float | None = None  # SSF's k instead of the paper's
+  tts_stage1_fraction: float | None = None  # TTS's share of epochs before the switch instead of the study's
+
+
+def study_cells(config: ml_collections.ConfigDict, arch: str) -> list[Cell]:
+  """The main matrix's defenses, then the points of every sweep of `config.study.sweeps`, for `arch`."""
+  study = config.study
+  cells = [Cell(d, d, defenses.DEFENSES[d].label) for d in study.defenses]
+  stages = models.num_skip_stages(arch)
+  for sweep in study.sweeps:
+    if sweep == 'stage_removal':  # the stages that have skips to remove
+      model = ml_collections.ConfigDict({**config.classifier.model.to_dict(), 'name': arch})
+      for s in (i + 1 for i, has in enumerate(models.residual_stages(model)) if has):
+        skip = tuple(0.0 if i == s else 1.0 for i in range(1, stages + 1))
+        cells.append(Cell(f'remove_stage{s}', 'none', f'Stage {s} removed', sweep, float(s), skip=skip))
+    elif sweep == 'ssf_k':
+      for k in study.sweep_ssf_k:
+        cells.append(Cell(f'ssf_k{k:g}', 'ssf', f'SSF k={k:g}', sweep, float(k), ssf_k=float(k)))
+    elif sweep == 'tts_switch':  # distinct switch epochs M (short demo schedules round several shares alike)
+      switch_epochs = {}
+      for m in study.sweep_tts_stage1_fractions:
+        switch_epochs.setdefault(defenses.tts_stage1_epochs(m, config.classifier.train.epochs), m)
+      for epochs, m in switch_epochs.items():
+        cells.append(Cell(f'tts_m{epochs}', 'tts', f'TTS M={epochs}', sweep, float(epochs), tts_stage1_fraction=m))
+  return cells
+
+
+def seeds_of(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The training seeds of every cell: study.seeds, or config.seed alone."""
+  return tuple(config.study.seeds) or (config.seed,)
+
+
+def row_config(
+    config: ml_collections.ConfigDict, arch: str, cell: 'Cell | str', seed: int | None = None
+) -> ml_collections.ConfigDict:
+  """The train config of one cell (a Cell, or a defense's name): the study's classifier settings for `arch`
+  (its row of study.per_architecture), with the cell's defense applied, trained with `seed`."""
+  if isinstance(cell, str):
+    cell = Cell(cell, cell, defenses.DEFENSES[cell].label)
   row = ml_collections.ConfigDict(config.classifier.to_dict())
   row.seed, row.num_devices, row.matmul_precision = config.seed, config.num_devices, config.matmul_precision
+  if seed is not None:
+    row.seed = seed
   row.model.name = arch
   row.model.skip = (1.0,) * models.num_skip_stages(arch)
   recipe = config.study.per_architecture[arch]
   row.train.batch_size = recipe.batch_size
   row.model.init_file = '' if config.study.from_scratch else recipe.init_file
-  return defenses.defend(row, defense, tts_stage1_fraction=config.study.tts_stage1_fraction)
+  if config.study.checkpoint == 'matched':
+    row.train.keep_checkpoints = MATCHED_KEEP
+  fraction = config.study.tts_stage1_fraction if cell.tts_stage1_fraction is None else cell.tts_stage1_fraction
+  row = defenses.defend(row, cell.defense, k=cell.ssf_k, tts_stage1_fraction=fraction)
+  if cell.skip:
+    defenses.set_skip(row, cell.skip)
+  return row
+
+
+def matched_step(train_dir: str, accuracy: float) -> int:
+  """The kept checkpoint of the run in `train_dir` whose test accuracy is closest to `accuracy` (the
+  earliest of ties), from its metrics.csv."""
+  kept = {int(name) for name in os.listdir(os.path.join(train_dir, 'checkpoints')) if name.isdigit()}
+  with open(os.path.join(train_dir, 'metrics.csv')) as f:
+    evaluated = [(int(r['step']), float(r['test_accuracy'])) for r in csv.DictReader(f) if r.get('test_accuracy')]
+  candidates = [(abs(acc - accuracy), step) for step, acc in evaluated if step in kept]
+  if not candidates:
+    raise ValueError(f'{train_dir}: no kept checkpoint has a test accuracy in metrics.csv')
+  return min(candidates)[1]
 
 
 def evaluation_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   row = ml_collections.ConfigDict(config.evaluation_model.to_dict())
   row.data = ml_collections.ConfigDict(config.classifier.data.to_dict())
   row.data.image_size = config.evaluation_model.data.image_size
+  row.data.name = config.study.evaluation_data or row.data.name
   row.num_devices, row.matmul_precision = config.num_devices, config.matmul_precision
   if config.study.evaluation_model == 'import':
     trainer.as_imported(row)
@@ -185,23 +297,32 @@ def evaluation_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
 
 
 def attack_config(
-    config: ml_collections.ConfigDict, attack: str, target_workdir: str, generator_dir: str = ''
+    config: ml_collections.ConfigDict,
+    attack: str,
+    target_workdir: str,
+    generator_dir: str = '',
+    checkpoint: str = '',
 ) -> ml_collections.ConfigDict:
-  """The job config of `attack` on the target trained in `target_workdir`, at the study's checkpoint
-  (with the generator in `generator_dir` when the study trained one for that target)."""
+  """The job config of `attack` on the target trained in `target_workdir`, at the study's checkpoint or at
+  `checkpoint` (a matched step), with the generator in `generator_dir` when the study trained one for it."""
   row = ml_collections.ConfigDict(config.attacks[attack].to_dict())
   if 'generator_job' in row:
     del row['generator_job']
   row.seed, row.num_devices, row.matmul_precision = config.seed, config.num_devices, config.matmul_precision
   row.target.workdir = target_workdir
-  row.target.checkpoint = config.study.checkpoint
+  row.target.checkpoint = checkpoint or _study_checkpoint(config.study)
   if generator_dir:
     row.generator.dir = generator_dir
   return row
 
 
+def _study_checkpoint(study) -> str:
+  """The target checkpoint a job config names before a matched step is known ('best' stands in for it)."""
+  return 'best' if study.checkpoint == 'matched' else study.checkpoint
+
+
 def generator_config(
-    config: ml_collections.ConfigDict, attack: str, target_workdir: str
+    config: ml_collections.ConfigDict, attack: str, target_workdir: str, checkpoint: str = ''
 ) -> ml_collections.ConfigDict | None:
   """The config of the job that trains `attack`'s generator for one target, or None for a shared generator.
 
@@ -214,7 +335,7 @@ def generator_config(
   row = ml_collections.ConfigDict(job.to_dict())
   row.seed, row.num_devices, row.matmul_precision = config.seed, config.num_devices, config.matmul_precision
   row.gan.target.workdir = target_workdir
-  row.gan.target.checkpoint = config.study.checkpoint
+  row.gan.target.checkpoint = checkpoint or _study_checkpoint(config.study)
   return row
 
 
@@ -236,15 +357,22 @@ def _steps_per_epoch(train_dir: str) -> int:
 
 
 def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Runs (or finishes) the study in `workdir`; launch.py has validated `config` (validate_config)."""
-  study = config.study
-  cells = [(a, d) for a in study.architectures for d in study.defenses]
+  """Runs (or finishes) the study in `workdir`; launch.py has validated `config` (validate_config).
+
+  Returns the table's rows (one per architecture, cell and attack, over the seeds); results.json also
+  keeps every seed's row (`runs`)."""
+  study, seeds = config.study, seeds_of(config)
+  cells = [(a, c) for a in study.architectures for c in study_cells(config, a)]
+  cell_dirs = cell_directories(config, workdir)
   per_target_generators = sum('generator_job' in config.attacks[a] for a in study.attacks)
-  total_jobs = 1 + len(cells) * (1 + 2 * len(study.attacks) + per_target_generators)
-  started, done_jobs = time.time(), 0
+  total_jobs = 1 + len(set(cell_dirs.values())) * (1 + (2 + per_target_generators) * len(study.attacks))
+  started, done_jobs, done_paths = time.time(), 0, set()
 
   def step(what: str, path: str, run):
     nonlocal done_jobs
+    if path in done_paths:  # a shared cell's work, counted once
+      return
+    done_paths.add(path)
     done_jobs += 1
     if os.path.exists(path):
       logging.info('[%d/%d] %s: done earlier (%s)', done_jobs, total_jobs, what, path)
@@ -262,84 +390,200 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   metrics = ml_collections.ConfigDict(config.metrics.to_dict())
   metrics.cache_dir = metrics.cache_dir or os.path.join(workdir, 'cache')
 
-  rows = []
-  for arch, defense in cells:
-    label = defenses.DEFENSES[defense].label
-    train_dir = os.path.join(workdir, arch, defense, 'train')
-    target_dir = _target_dir(train_dir, defense)
-    step(
-        f'{arch} / {label}: train',
-        os.path.join(train_dir, 'results.json'),
-        lambda: jobs.run(row_config(config, arch, defense), train_dir),
-    )
-    for attack in study.attacks:
-      attack_dir = os.path.join(workdir, arch, defense, attack)
-      generator_dir = ''
-      generator_job = generator_config(config, attack, target_dir)
-      if generator_job is not None:
-        gan_workdir = os.path.join(workdir, arch, defense, f'{attack}_generator')
+  runs = []
+  for arch, cell in cells:
+    for seed in seeds:
+      cell_dir = cell_dirs[arch, cell.key, seed]
+      what = f'{arch} / {cell.label}' + (f' / seed {seed}' if len(seeds) > 1 else '')
+      train_dir = os.path.join(cell_dir, 'train')
+      target_dir = _target_dir(train_dir, cell.defense)
+      train_config = row_config(config, arch, cell, seed)
+      step(f'{what}: train', os.path.join(train_dir, 'results.json'), lambda: jobs.run(train_config, train_dir))
+      checkpoint = study.checkpoint
+      if checkpoint == 'matched':
+        checkpoint = str(matched_step(target_dir, study.match_accuracy))
+      for attack in study.attacks:
+        attack_dir = os.path.join(cell_dir, attack)
+        generator_dir = ''
+        generator_job = generator_config(config, attack, target_dir, checkpoint)
+        if generator_job is not None:
+          generator_job.seed = seed
+          gan_workdir = os.path.join(cell_dir, f'{attack}_generator')
+          step(
+              f'{what} / {attack}: generator',
+              os.path.join(gan_workdir, 'results.json'),
+              lambda: jobs.run(generator_job, gan_workdir),
+          )
+          generator_dir = os.path.join(gan_workdir, GENERATOR_EXPORT)
+        attack_job = attack_config(config, attack, target_dir, generator_dir, checkpoint)
+        attack_job.seed = seed
         step(
-            f'{arch} / {label} / {attack}: generator',
-            os.path.join(gan_workdir, 'results.json'),
-            lambda: jobs.run(generator_job, gan_workdir),
+            f'{what} / {attack}: attack',
+            os.path.join(attack_dir, 'attack.json'),
+            lambda: jobs.run(attack_job, attack_dir),
         )
-        generator_dir = os.path.join(gan_workdir, GENERATOR_EXPORT)
-      step(
-          f'{arch} / {label} / {attack}: attack',
-          os.path.join(attack_dir, 'attack.json'),
-          lambda: jobs.run(attack_config(config, attack, target_dir, generator_dir), attack_dir),
-      )
-      step(
-          f'{arch} / {label} / {attack}: evaluate',
-          os.path.join(attack_dir, 'evaluation.json'),
-          lambda: evaluate.evaluate_attack(attack_dir, eval_dir, metrics, study.checkpoint),
-      )
-      attacked = _load(os.path.join(attack_dir, 'attack.json'))
-      rows.append(
-          {
-              'architecture': arch,
-              'defense': label,
-              'key': defense,
-              'attack': attack,
-              'acc': attacked['target_metrics']['test_accuracy'],
-              'step': attacked['target_step'],
-              'epoch': attacked['target_step'] / _steps_per_epoch(target_dir),
-              **_load(os.path.join(attack_dir, 'evaluation.json')),
-          }
-      )
+        step(
+            f'{what} / {attack}: evaluate',
+            os.path.join(attack_dir, 'evaluation.json'),
+            lambda: evaluate.evaluate_attack(attack_dir, eval_dir, metrics, _evaluation_checkpoint(study)),
+        )
+        runs.append(_run_row(arch, cell, attack, seed, target_dir, attack_dir))
 
-  add_deltas(rows)
-  write_table(workdir, rows, config)
+  rows = summarise(runs)
+  write_table(workdir, rows, config, runs)
   write_figures(workdir, rows, config)
   logging.info(
-      'Study done in %s:\n%s', reporting.format_duration(time.time() - started), markdown_table(rows, _columns(study))
+      'Study done in %s:\n%s',
+      reporting.format_duration(time.time() - started),
+      markdown_table(rows, _columns(study, num_classes=config.classifier.model.num_classes)),
   )
   return rows
+
+
+def cell_directories(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """{(arch, cell key, seed): the cell's directory}: <arch>/<key>[/seed<S> with several seeds]. A cell whose
+  training config equals an earlier one's (SSF k=1 is No defense, k=0 RoLSS) shares that one's directory."""
+  owners, directories, seeds = {}, {}, seeds_of(config)
+  for arch in config.study.architectures:
+    for cell in study_cells(config, arch):
+      for seed in seeds:
+        identity = json.dumps(row_config(config, arch, cell, seed).to_dict(), sort_keys=True, default=str)
+        own = (
+            os.path.join(workdir, arch, cell.key, f'seed{seed}')
+            if len(seeds) > 1
+            else os.path.join(workdir, arch, cell.key)
+        )
+        directories[arch, cell.key, seed] = owners.setdefault(identity, own)
+  return directories
+
+
+def _evaluation_checkpoint(study) -> str:
+  """The evaluation model's checkpoint: the study's choice, its best one for matched targets."""
+  return 'latest' if study.checkpoint == 'latest' else 'best'
+
+
+def _run_row(arch: str, cell: Cell, attack: str, seed: int, target_dir: str, attack_dir: str) -> dict:
+  """One seed's row: the attacked checkpoint's accuracy, the evaluation, and the hits of each attacked class."""
+  attacked = _load(os.path.join(attack_dir, 'attack.json'))
+  trained = _load(os.path.join(target_dir, 'results.json'))
+  evaluated = np.load(os.path.join(attack_dir, 'evaluation.npz'))
+  hits = np.argmax(evaluated['eval_logits'], axis=1) == evaluated['targets']
+  class_hits = [
+      [int(c), int(hits[evaluated['targets'] == c].sum()), int((evaluated['targets'] == c).sum())]
+      for c in np.unique(evaluated['targets'])
+  ]
+  return {
+      'architecture': arch,
+      'defense': cell.label,
+      'key': cell.key,
+      'sweep': cell.sweep,
+      'value': cell.value,
+      'attack': attack,
+      'seed': seed,
+      'acc': attacked['target_metrics']['test_accuracy'],
+      'test_examples': trained['test_examples'],
+      'step': attacked['target_step'],
+      'epoch': attacked['target_step'] / trained['steps_per_epoch'],
+      'class_hits': class_hits,
+      **_load(os.path.join(attack_dir, 'evaluation.json')),
+  }
 
 
 NO_ACCURACY_COST = 'no acc. cost'  # Δ's cell where a defense does not lower the test accuracy
 
 
+# Row fields averaged over seeds (the others are the cell's, or recomputed from the pooled images).
+_AVERAGED = (
+    'acc',
+    'attack_acc_top1',
+    'attack_acc_top5',
+    'attack_acc_unfiltered_top1',
+    'attack_acc_unfiltered_top5',
+    'knn_dist_eval',
+    'knn_dist_facenet',
+    'knn_dist_inception',
+    'fid',
+    'prdc_precision',
+    'prdc_recall',
+    'prdc_density',
+    'prdc_coverage',
+    'target_accepts',
+    'false_positive_rate',
+    'epoch',
+    'step',
+)
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+  """The table's rows from every seed's row: one per architecture, cell and attack, in the runs' order.
+
+  Means over seeds; 95% intervals of Acc and AttAcc@1 over the test images and the final images (Wilson)
+  with one seed, across seeds (Student t) with several; Δ of the means (NO_ACCURACY_COST without an
+  accuracy drop); and `p_vs_none`, the paired sign-flip permutation test of the per-class attack accuracy
+  against the No-defense row, the pairs being the same class attacked with the same seed.
+  """
+  groups = {}
+  for r in runs:
+    groups.setdefault((r['architecture'], r['key'], r.get('attack')), []).append(r)
+  rows = []
+  for group in groups.values():
+    row = {k: v for k, v in group[0].items() if k not in ('seed', 'class_hits')}
+    for key in _AVERAGED:
+      values = [r[key] for r in group if isinstance(r.get(key), (int, float))]
+      if len(values) == len(group):
+        row[key] = float(np.mean(values))
+    row['seeds'] = [r['seed'] for r in group if 'seed' in r]
+    row['images'] = sum(r['images'] for r in group)
+    row['per_seed'] = {key: [r[key] for r in group] for key in ('acc', 'attack_acc_top1')}
+    if len(group) > 1:
+      row['acc_ci'] = _unit_interval(scores.seed_interval(row['per_seed']['acc']))
+      row['attack_acc_top1_ci'] = _unit_interval(scores.seed_interval(row['per_seed']['attack_acc_top1']))
+    else:
+      row['acc_ci'] = list(scores.wilson_interval(round(row['acc'] * row['test_examples']), row['test_examples']))
+      row['attack_acc_top1_ci'] = list(scores.wilson_interval(_hits(row), row['images']))
+    row['_runs'] = group
+    rows.append(row)
+  add_deltas(rows)
+  for row in rows:
+    del row['_runs']
+  return rows
+
+
+def _unit_interval(interval) -> list[float]:
+  return [max(0.0, interval[0]), min(1.0, interval[1])]
+
+
 def add_deltas(rows: list[dict]):
-  """Δ of each defended row against the no-defense row of its architecture and attack (top-1 accuracy),
-  NO_ACCURACY_COST where the defense does not lower the accuracy (Δ is undefined there), and the 95%
-  Wilson interval of each row's top-1 attack accuracy over its images, and the two-sided Fisher exact
-  p-value of its difference from the no-defense row's (`p_vs_none`)."""
+  """Δ of each row against the No-defense row of its architecture and attack, and the paired test.
+
+  Δ: the top-1 attack-accuracy drop over the accuracy drop; NO_ACCURACY_COST where the defense does not
+  lower the accuracy (Δ is undefined there). p_vs_none: over the (seed, class) pairs both rows attacked.
+  """
   baseline = {(r['architecture'], r.get('attack')): r for r in rows if r['key'] == 'none'}
   for r in rows:
     base = baseline.get((r['architecture'], r.get('attack')))
     if base is None or r is base:
       r['delta'] = float('nan')
-    elif not scores.accuracy_cost(base['acc'], r['acc']):
+      continue
+    if not scores.accuracy_cost(base['acc'], r['acc']):
       r['delta'] = NO_ACCURACY_COST
     else:
       r['delta'] = scores.delta_ratio(base['acc'], base['attack_acc_top1'], r['acc'], r['attack_acc_top1'])
-    if r.get('images'):
-      low, high = scores.wilson_interval(_hits(r), r['images'])
-      r['attack_acc_top1_ci'] = [low, high]
-      r['attack_acc_top1_ci_low'], r['attack_acc_top1_ci_high'] = low, high
-      if base is not None and r is not base and base.get('images'):
-        r['p_vs_none'] = scores.fisher_exact_p(_hits(r), r['images'], _hits(base), base['images'])
+    ours, theirs = _class_accuracies(r), _class_accuracies(base)
+    pairs = sorted(set(ours) & set(theirs))
+    if pairs:
+      r['p_vs_none'] = scores.paired_permutation_p([ours[p] - theirs[p] for p in pairs])
+      r['pairs'] = len(pairs)
+
+
+def _class_accuracies(row: dict) -> dict:
+  """{(seed, class): the share of the class's final images the evaluation model labels as the class}."""
+  return {
+      (run.get('seed'), c): hits / images
+      for run in row.get('_runs', ())
+      for c, hits, images in run.get('class_hits', ())
+      if images
+  }
 
 
 def _hits(row: dict) -> int:
@@ -359,6 +603,8 @@ def _cell(key: str, value) -> str:
     return '–'
   if key in PERCENT:
     return f'{_no_negative_zero(100 * value):.2f}'
+  if isinstance(value, int) and not isinstance(value, bool):
+    return str(value)
   if key.endswith('_ci'):  # a (low, high) interval of a percentage
     return '–'.join(f'{_no_negative_zero(100 * v):.1f}' for v in value)
   if isinstance(value, float) and math.isinf(value):
@@ -399,19 +645,34 @@ def _columns(study, columns=COLUMNS, num_classes: int = 0):
   return columns[:2] + (('attack', 'Attack'),) + columns[2:]
 
 
-def write_table(workdir: str, rows: list[dict], config: ml_collections.ConfigDict):
+def write_table(workdir: str, rows: list[dict], config: ml_collections.ConfigDict, runs: list[dict] = ()):
   fid = '; '.join(FID_CONVENTIONS.get(f, f) for f in sorted({r.get('fid_features', '') for r in rows}))
+  seeds = seeds_of(config)
+  if len(seeds) > 1:
+    spread = (
+        f'Each row is the mean of {len(seeds)} training seeds ({", ".join(map(str, seeds))}; the attack uses the '
+        "same seed); its 95% CIs are Student-t intervals across the seeds. Images: the row's final images over "
+        'all seeds.'
+    )
+  else:
+    spread = (
+        "One training seed: the 95% CIs are Wilson intervals over the test images (Acc) and the row's final "
+        'images (AttAcc@1); they do not cover seed-to-seed variation.'
+    )
   note = (
-      f'Accuracies in %. Epoch: of the attacked checkpoint ({config.study.checkpoint}), whose test accuracy is '
-      "Acc. AttAcc: the evaluation model's accuracy on the final images (unfilt.: on every optimised image, "
-      'before final selection). KNN distances: squared L2 to the nearest private training image of the class. '
-      f'FID and PRDC (k = 3, per class, averaged) on {fid}. Δ = AttAcc@1 drop / Acc drop against No defense; '
-      f'"{NO_ACCURACY_COST}" where the defense does not lower Acc (Δ is undefined there: a ratio to no cost). '
-      "95% CI: Wilson interval of AttAcc@1 over the row's images (one training seed; the interval does not "
-      'cover seed-to-seed variation). p vs none: two-sided Fisher exact test of AttAcc@1 against the No '
-      "defense row (the two rows' images taken as independent samples). "
-      'False pos.: share of the final images the target accepts (confidence > 0.5) that the evaluation '
-      'model rejects.'
+      f'Accuracies in %. Epoch: of the attacked checkpoint ({config.study.checkpoint}'
+      + (
+          f', test accuracy closest to {100 * config.study.match_accuracy:g}%'
+          if config.study.checkpoint == 'matched'
+          else ''
+      )
+      + "), whose test accuracy is Acc. AttAcc: the evaluation model's accuracy on the final images (unfilt.: on "
+      'every optimised image, before final selection). KNN distances: squared L2 to the nearest private training '
+      f'image of the class. FID and PRDC (k = 3, per class, averaged) on {fid}. Δ = AttAcc@1 drop / Acc drop '
+      f'against No defense; "{NO_ACCURACY_COST}" where the defense does not lower Acc (Δ is undefined there: a '
+      f'ratio to no cost). {spread} p vs none: two-sided paired sign-flip permutation test of the per-class '
+      'AttAcc@1 against the No defense row, each attacked class (and seed) a pair. False pos.: share of the final '
+      'images the target accepts (confidence > 0.5) that the evaluation model rejects.'
   )
   num_classes = config.classifier.model.num_classes
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
@@ -419,41 +680,50 @@ def write_table(workdir: str, rows: list[dict], config: ml_collections.ConfigDic
         f'{markdown_table(rows, _columns(config.study, num_classes=num_classes))}\n\n'
         f'{markdown_table(rows, _columns(config.study, PRDC_COLUMNS))}\n\n{note}\n'
     )
+  intervals = [k for k, _ in _columns(config.study) if k.endswith('_ci')]
   keys = (
-      [k for k, _ in _columns(config.study) if k != 'attack_acc_top1_ci']
-      + ['attack_acc_top1_ci_low', 'attack_acc_top1_ci_high']
+      [k for k, _ in _columns(config.study) if k not in intervals]
+      + [f'{k}_{end}' for k in intervals for end in ('low', 'high')]
       + [k for k, _ in PRDC_COLUMNS if k.startswith('prdc_')]
-      + ['step', 'fid_features']
+      + ['step', 'fid_features', 'sweep', 'value', 'seeds']
   )
   with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(keys)
     for r in rows:
-      writer.writerow([r.get(k, '') for k in keys])
-  reporting.write_json(os.path.join(workdir, 'results.json'), {'rows': rows, 'study': reporting.config_json(config)})
+      flat = dict(r, **{f'{k}_{end}': v for k in intervals if r.get(k) for end, v in zip(('low', 'high'), r[k])})
+      flat['seeds'] = ' '.join(map(str, r.get('seeds', ())))
+      writer.writerow([flat.get(k, '') for k in keys])
+  reporting.write_json(
+      os.path.join(workdir, 'results.json'), {'rows': rows, 'runs': list(runs), 'study': reporting.config_json(config)}
+  )
 
 
 def write_figures(workdir: str, rows: list[dict], config: ml_collections.ConfigDict):
+  """Gradient flow per architecture (the main matrix, first seed), false positives, Acc and AttAcc@1 per row
+  with their 95% intervals, and one figure per sweep and architecture against the swept value."""
   figures = os.path.join(workdir, 'figures')
   os.makedirs(figures, exist_ok=True)
+  directories, first_seed = cell_directories(config, workdir), seeds_of(config)[0]
+  several_attacks = len(config.study.attacks) > 1
   for arch in config.study.architectures:
     for attack in config.study.attacks:
       norms = {
-          defenses.DEFENSES[d].label: gradient_flow.stage_gradient_norms(os.path.join(workdir, arch, d, attack))
+          defenses.DEFENSES[d].label: gradient_flow.stage_gradient_norms(
+              os.path.join(directories[arch, d, first_seed], attack)
+          )
           for d in config.study.defenses
       }
-      name = f'gradient_flow_{arch}.png' if len(config.study.attacks) == 1 else f'gradient_flow_{arch}_{attack}.png'
+      name = f'gradient_flow_{arch}_{attack}.png' if several_attacks else f'gradient_flow_{arch}.png'
       gradient_flow.plot_gradient_flow(os.path.join(figures, name), arch, norms)
-  groups = [
-      ' '.join([r['architecture'], r['defense']] + ([r['attack']] if len(config.study.attacks) > 1 else []))
-      for r in rows
-  ]
+  main = [r for r in rows if not r.get('sweep')]
+  groups = [' '.join([r['architecture'], r['defense']] + ([r['attack']] if several_attacks else [])) for r in main]
   plots.grouped_bars(
       os.path.join(figures, 'false_positives.png'),
       groups,
       {
-          'target accepts': [r['target_accepts'] for r in rows],
-          'evaluation model rejects (of those)': [r['false_positive_rate'] for r in rows],
+          'target accepts': [r['target_accepts'] for r in main],
+          'evaluation model rejects (of those)': [r['false_positive_rate'] for r in main],
       },
       'False positives: accepted by the target, rejected by the evaluation model',
       'share of images',
@@ -461,10 +731,33 @@ def write_figures(workdir: str, rows: list[dict], config: ml_collections.ConfigD
   plots.grouped_bars(
       os.path.join(figures, 'accuracy_vs_attack.png'),
       groups,
-      {'Acc': [r['acc'] for r in rows], 'AttAcc@1': [r['attack_acc_top1'] for r in rows]},
+      {'Acc': [r['acc'] for r in main], 'AttAcc@1': [r['attack_acc_top1'] for r in main]},
       'Natural accuracy and attack accuracy per defense',
       'accuracy',
+      intervals={'Acc': [r['acc_ci'] for r in main], 'AttAcc@1': [r['attack_acc_top1_ci'] for r in main]},
+      note=_interval_note(config),
   )
+  for sweep in config.study.sweeps:
+    for arch in config.study.architectures:
+      for attack in config.study.attacks:
+        points = sorted(
+            (r for r in rows if (r.get('sweep'), r['architecture'], r.get('attack')) == (sweep, arch, attack)),
+            key=lambda r: r['value'],
+        )
+        name = f'sweep_{sweep}_{arch}' + (f'_{attack}' if several_attacks else '') + '.png'
+        plots.sweep_lines(
+            os.path.join(figures, name),
+            [r['value'] for r in points],
+            {
+                'Acc': ([r['acc'] for r in points], [r['acc_ci'] for r in points]),
+                'AttAcc@1': ([r['attack_acc_top1'] for r in points], [r['attack_acc_top1_ci'] for r in points]),
+            },
+            f'{arch}: {sweep.replace("_", " ")}' + (f' ({attack})' if several_attacks else ''),
+            SWEEPS[sweep],
+            'accuracy',
+            integer_x=sweep != 'ssf_k',
+            note=_interval_note(config),
+        )
   path = os.path.join(figures, 'repvgg_equivalence.png')
   if config.analysis.repvgg and not os.path.exists(path):
     results = repvgg_equivalence.repvgg_equivalence(
@@ -472,6 +765,13 @@ def write_figures(workdir: str, rows: list[dict], config: ml_collections.ConfigD
     )
     reporting.write_json(os.path.join(figures, 'repvgg_equivalence.json'), results)
     repvgg_equivalence.plot_repvgg_equivalence(path, results)
+
+
+def _interval_note(config) -> str:
+  seeds = seeds_of(config)
+  if len(seeds) > 1:
+    return f'Error bars: 95% Student-t intervals across {len(seeds)} training seeds.'
+  return 'Error bars: 95% Wilson intervals over the test images (Acc) and final images (AttAcc); one seed.'
 
 
 run = reproduce  # the `reproduce` job (mi_jax/jobs.py)

@@ -1,7 +1,12 @@
 """BiDO-HSIC: the kernels and normalised HSIC on inputs with known answers, and the regularised step."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
+import jax.test_util
 import ml_collections
 import numpy as np
 import pytest
@@ -55,6 +60,59 @@ def test_nhsic_is_symmetric_and_invariant_to_a_joint_permutation():
   value = float(bido.normalized_hsic(ka, kb))
   assert float(bido.normalized_hsic(kb, ka)) == pytest.approx(value, rel=1e-4)
   assert float(bido.normalized_hsic(ka[order][:, order], kb[order][:, order])) == pytest.approx(value, rel=1e-4)
+
+
+def test_inverse_by_elimination_matches_numpy_and_its_gradient_the_closed_form():
+  rng = np.random.default_rng(0)
+  batch = rng.normal(size=(3, 12, 12)).astype(np.float32) + 3 * np.eye(12, dtype=np.float32)
+  np.testing.assert_allclose(bido.inverse(batch), np.linalg.inv(batch), atol=1e-5, rtol=1e-4)
+  swap = np.array([[0.0, 2.0], [1.0, 0.0]], np.float32)  # a zero pivot: only row exchanges get through
+  np.testing.assert_allclose(bido.inverse(swap), [[0.0, 1.0], [0.5, 0.0]])
+  jax.test_util.check_grads(bido.inverse, (batch[0],), order=1, modes=['rev'], atol=2e-2, rtol=2e-2)
+
+
+def test_nhsic_equals_the_solve_definition_in_float64():
+  """R = K_c (K_c + eps m I)^-1 through the elimination, against LAPACK's solve in float64, where the
+  (ill-conditioned, cond ~ 1e5) systems leave no doubt about the digits."""
+  rng = np.random.default_rng(1)
+  x, z = rng.normal(size=(32, 40)), rng.normal(size=(32, 8))
+  z[:, :4] += x[:, :4]
+  with jax.enable_x64(True):
+    ka, kb = bido.gaussian_kernel(jnp.asarray(x), 1.0).astype(jnp.float64), bido.linear_kernel(jnp.asarray(z))
+    ka, kb = jnp.asarray(ka, jnp.float64), jnp.asarray(kb, jnp.float64)
+    m = 32
+    a = lambda k: bido.centred(k) + bido.EPSILON * m * jnp.eye(m)
+    want = jnp.sum(
+        jnp.linalg.solve(a(ka).T, bido.centred(ka).T).T * jnp.linalg.solve(a(kb).T, bido.centred(kb).T)
+    )  # tr(R_a R_b), R^T = solve(A^T, K_c^T)
+    assert float(bido.normalized_hsic(ka, kb)) == pytest.approx(float(want), rel=1e-9)
+
+
+def test_bido_loss_runs_no_lapack_and_gives_the_same_bits_whatever_openblas_does(tmp_path):
+  """The machine-dependent step of BiDO was LAPACK (scipy's OpenBLAS picks kernels by CPU and thread count):
+  the loss now lowers to plain XLA operations, and its value and gradient keep every bit when OpenBLAS is
+  told to use the kernels of other CPUs (which change the bits of the LAPACK solve it used before)."""
+  rng = np.random.default_rng(2)
+  x, z = rng.normal(size=(16, 30)).astype(np.float32), rng.normal(size=(16, 6)).astype(np.float32)
+  loss = lambda z: bido.normalized_hsic(bido.gaussian_kernel(x, 2.0), bido.gaussian_kernel(z, 2.0))
+  assert 'custom_call' not in jax.jit(jax.value_and_grad(loss)).lower(z).as_text()
+  np.save(tmp_path / 'x.npy', x)
+  np.save(tmp_path / 'z.npy', z)
+  script = (
+      'import sys, jax, numpy as np\n'
+      'from mi_jax.defenses import bido\n'
+      f'x, z = (jax.numpy.asarray(np.load("{tmp_path}/" + n + ".npy")) for n in "xz")\n'
+      'f = lambda z: bido.normalized_hsic(bido.gaussian_kernel(x, 2.0), bido.gaussian_kernel(z, 2.0))\n'
+      'value, grad = jax.jit(jax.value_and_grad(f))(z)\n'
+      'sys.stdout.write(np.asarray(value).tobytes().hex() + np.asarray(grad).tobytes().hex())\n'
+  )
+  outputs = set()
+  for env in ({}, {'OPENBLAS_CORETYPE': 'Sandybridge'}, {'OPENBLAS_CORETYPE': 'Prescott'}):
+    done = subprocess.run(
+        [sys.executable, '-c', script], env={**os.environ, **env}, capture_output=True, text=True, check=True
+    )
+    outputs.add(done.stdout)
+  assert len(outputs) == 1
 
 
 def _model_config(name, skip=(1, 1, 1, 1)):

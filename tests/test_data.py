@@ -5,6 +5,7 @@ import os
 import numpy as np
 import PIL.Image
 import pytest
+import scipy.io
 
 from configs import baseline
 from mi_jax.data import augment, builders, pipeline, sources
@@ -307,3 +308,74 @@ def test_center_crop_takes_torchvisions_box_before_the_resize():
   assert out['image'].shape == (2, 2, 3)
   with pytest.raises(ValueError, match='config.data.center_crop=8 exceeds a 6x10 image'):
     augment.center_crop(augment.to_pil(image), 8)
+
+
+def _fake_stanford_dogs(root, breeds=(('n02085620-Chihuahua', 3), ('n02085782-Japanese_spaniel', 4))):
+  """Images/<wnid-Breed>/<wnid>_<i>.jpg of distinct colours, their annotations (two boxes: PPA takes the
+  first), and train/test lists as MATLAB cell arrays that interleave the breeds."""
+  entries = []
+  for label, (folder, count) in enumerate(breeds):
+    wnid = folder.split('-')[0]
+    for i in range(count):
+      name = f'{folder}/{wnid}_{i}'
+      pixels = np.random.default_rng(len(entries)).integers(0, 255, (12, 10, 3), np.uint8)
+      os.makedirs(root / 'Images' / folder, exist_ok=True)
+      PIL.Image.fromarray(pixels).save(root / 'Images' / f'{name}.jpg', quality=100)
+      os.makedirs(root / 'Annotation' / folder, exist_ok=True)
+      box, other = (1 + i % 2, 2, 7, 9 + i % 3), (0, 0, 3, 3)
+      objects = ''.join(
+          f'<object><name>{folder}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax>'
+          f'<ymax>{b[3]}</ymax></bndbox></object>'
+          for b in (box, other)
+      )
+      (root / 'Annotation' / name).write_text(f'<annotation><size><width>10</width></size>{objects}</annotation>')
+      entries.append((name, label + 1, box))
+  train, test = entries[::2], entries[1::2]
+  for split, part in (('train_list.mat', train), ('test_list.mat', test)):
+    cells = np.empty((len(part), 1), dtype=object)
+    for j, (name, _, _) in enumerate(part):
+      cells[j, 0] = np.array([name])
+    labels = np.array([[label] for _, label, _ in part], np.uint8)
+    scipy.io.savemat(str(root / split), {'annotation_list': cells, 'labels': labels})
+  return train + test  # PPA's order: train_list then test_list
+
+
+@pytest.mark.parametrize('variant', ['uncropped', 'cropped'])
+def test_stanford_dogs_layout_lists_split_and_first_box(tmp_path, variant):
+  root = tmp_path / 'dogs'
+  listed = _fake_stanford_dogs(root)
+  builder = sources.prepare(_data_config(f'stanford_dogs/{variant}', str(tmp_path / 'tfds'), root))
+  assert builder.info.metadata['class_names'] == ['Chihuahua', 'Japanese_spaniel']
+  train_idx, test_idx = list(range(7)), None
+  np.random.seed(42)
+  np.random.shuffle(train_idx)
+  train_idx, test_idx = train_idx[: int(0.9 * 7)], train_idx[int(0.9 * 7) :]
+  for split, idx in (('train', train_idx), ('test', test_idx)):
+    got = _read_all(sources.get_source(builder, split))
+    assert [(ex['file_name'].decode(), ex['label']) for ex in got] == [
+        (f'Images/{listed[i][0]}.jpg', listed[i][1] - 1) for i in idx
+    ]
+    for ex, i in zip(got, idx):
+      with PIL.Image.open(root / 'Images' / f'{listed[i][0]}.jpg') as original:
+        want = np.asarray(original.convert('RGB').crop(listed[i][2]) if variant == 'cropped' else original)
+      np.testing.assert_array_equal(ex['image'], want)
+
+
+def test_stanford_dogs_names_what_is_missing_or_inconsistent(tmp_path):
+  root = tmp_path / 'dogs'
+  with pytest.raises(builders.MissingDataError, match=r'Images does not exist'):
+    sources.prepare(_data_config('stanford_dogs/uncropped', str(tmp_path / 'a'), root.parent))
+  listed = _fake_stanford_dogs(root)
+  os.remove(root / 'test_list.mat')
+  with pytest.raises(builders.MissingDataError, match=r'test_list.mat does not exist'):
+    sources.prepare(_data_config('stanford_dogs/uncropped', str(tmp_path / 'b'), root))
+  _fake_stanford_dogs(root)
+  os.remove(root / 'Images' / f'{listed[0][0]}.jpg')  # listed, not on disk
+  with pytest.raises(builders.DataError, match=r'the lists name 7 images, Images/ holds 6'):
+    sources.prepare(_data_config('stanford_dogs/uncropped', str(tmp_path / 'c'), root))
+  _fake_stanford_dogs(root)
+  (root / 'Annotation' / listed[2][0]).write_text('<annotation></annotation>')
+  with pytest.raises(builders.DataError, match=rf'Annotation/{listed[2][0]}: expected a Stanford Dogs annotation'):
+    sources.prepare(_data_config('stanford_dogs/cropped', str(tmp_path / 'd'), root))
+  with pytest.raises(ValueError, match=r"config.data.name='stanford_dogs/tight'.*stanford_dogs/cropped"):
+    sources.prepare(_data_config('stanford_dogs/tight', str(tmp_path / 'e'), root))

@@ -8,8 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import ssf, tts as tts_config
-from mi_jax import jobs, models
+from configs import common, ssf, tts as tts_config
+from mi_jax import defenses, jobs, models
 from mi_jax.defenses import transplant, tts
 from mi_jax.train import checkpoint, trainer
 
@@ -97,6 +97,25 @@ def test_defense_configs():
   bad.tts.stage1_epochs = 100
   with pytest.raises(ValueError, match='config.tts.stage1_epochs=100'):
     jobs.validate_config(bad)
+
+
+@pytest.mark.parametrize(
+    'name, last',
+    [('resnet18', 3), ('mobilenet_v2', 5), ('efficientnet_b0', 5), ('vit_b_16', 11), ('maxvit_t', 3)],
+)
+def test_the_last_stage_is_the_last_one_with_skips_and_every_defended_model_builds(name, last):
+  """MobileNetV2's and EfficientNet-B0's last stage has no residual: RoLSS/SSF/TTS act on the last one that
+  has (models.residual_stages); MaxViT's defended stage gets every residual (its official default: none)."""
+  config = common.base_config()
+  config.model.name = name
+  config.model.skip = (1.0,) * models.num_skip_stages(name)
+  assert models.residual_stages(config.model)[last] and not any(models.residual_stages(config.model)[last + 1 :])
+  for defense, value in (('rolss', 0.0), ('ssf', 0.2), ('tts', 0.0)):
+    row = defenses.defend(config, defense)
+    assert [i for i, k in enumerate(row.model.skip) if k != 1] == [last] and row.model.skip[last] == value
+    models.build_model(row.model)  # a no-op or refused setting would raise
+  if name == 'maxvit_t':
+    assert tuple(defenses.defend(config, 'rolss').model.maxvit_layers) == ('none',) * 3 + ('mbconv+window+grid',)
 
 
 class _Interrupt(Exception):

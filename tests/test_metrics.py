@@ -1,9 +1,11 @@
 """Metrics on inputs with known answers."""
 
+import itertools
 import math
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from mi_jax.metrics import scores
 
@@ -69,10 +71,26 @@ def test_wilson_interval_known_values():
   assert all(math.isnan(v) for v in scores.wilson_interval(0, 0))
 
 
-def test_fisher_exact_p_known_value():
-  # 8 of 10 against 1 of 6: two-sided p = 0.034965 (the hypergeometric tail, e.g. scipy's documented example).
-  assert scores.fisher_exact_p(8, 10, 1, 6) == pytest.approx(0.0349650, abs=1e-6)
-  assert scores.fisher_exact_p(5, 10, 5, 10) == pytest.approx(1.0)
+def test_paired_permutation_p_against_enumeration_and_known_values():
+  # Five positive pairs: of the 32 sign patterns only all-plus and all-minus are as extreme, p = 2/32.
+  assert scores.paired_permutation_p([1, 1, 1, 1, 1]) == pytest.approx(0.0625)
+  assert scores.paired_permutation_p([0.0, 0.0]) == 1.0 and math.isnan(scores.paired_permutation_p([]))
+  # Exact: the share of the 2^n sign flips whose |mean| reaches the observed one, counted here directly.
+  differences = np.array([0.5, -0.25, 0.75, 0.25, 0.5, -0.5, 1.0])
+  signs = np.array(list(itertools.product([-1, 1], repeat=len(differences))))
+  flipped = np.abs((signs * differences).mean(axis=1))
+  want = np.mean(flipped >= abs(differences.mean()) - 1e-12)
+  assert scores.paired_permutation_p(differences) == pytest.approx(want)
+  # Monte Carlo beyond 2^n > n_resamples: close to the exact value of a large sample with a normal approximation.
+  big = np.random.default_rng(0).normal(0.3, 1.0, size=60)
+  z = big.mean() / (big.std(ddof=0) / math.sqrt(big.size))
+  assert scores.paired_permutation_p(big, n_resamples=20_000) == pytest.approx(2 * scipy.stats.norm.sf(z), abs=0.01)
+
+
+def test_seed_interval_known_value():
+  # Mean 0.6, s = 0.1, n = 3: t(0.975, 2) = 4.302653, half-width 4.302653 * 0.1 / sqrt(3) = 0.248414.
+  np.testing.assert_allclose(scores.seed_interval([0.5, 0.6, 0.7]), (0.351586, 0.848414), atol=1e-6)
+  assert all(math.isnan(v) for v in scores.seed_interval([0.5]))
 
 
 def test_prdc_matches_the_reference_package():

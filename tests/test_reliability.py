@@ -480,3 +480,22 @@ def test_launch_prints_one_line_for_a_truncated_init_file(tmp_path, tfds_dir):
       == f'launch.py: {path}: cannot be read as a PyTorch weight file: it is truncated (the file ends before its contents do). Nothing in it was executed.'
   )
   assert 'Traceback' not in result.stderr and 'cannot schedule new futures' not in result.stderr
+
+
+def test_a_run_saved_before_a_model_field_existed_resumes_and_a_changed_field_is_refused():
+  """A family option added after a run was saved (the run's config lacks it) counts as its neutral value,
+  the value that run had; any other value, or a changed existing field, is still another run."""
+  from configs import baseline  # pylint: disable=g-import-not-at-top
+
+  config = baseline.get_config('demo')
+  saved = reporting.config_json(config)
+  for field in ('legacy_stage3_split', 'unit_range_input', 'maxvit_layers'):
+    del saved['model'][field]
+  checkpoint.check_same_run(saved, config, 'workdir')  # no error
+  config.model.legacy_stage3_split = 0.8
+  with pytest.raises(checkpoint.CheckpointError, match=r'config.model.legacy_stage3_split: workdir has 1.0'):
+    checkpoint.check_same_run(saved, config, 'workdir')
+  config.model.legacy_stage3_split = 1.0
+  config.model.width = 3
+  with pytest.raises(checkpoint.CheckpointError, match=r'config.model.width'):
+    checkpoint.check_same_run(saved, config, 'workdir')

@@ -64,23 +64,72 @@ def tiny_study(tmp_path_factory, tfds_dir):
   return config, workdir, rows
 
 
-def test_table_deltas_intervals_and_columns():
-  """Δ only where accuracy dropped, a Wilson interval per row, no -0.00, no top-5 column for <= 5 classes."""
-  row = lambda key, acc, attack: dict(
-      architecture='resnet18', defense=key, key=key, acc=acc, attack_acc_top1=attack, attack_acc_top5=1.0, images=30
+def _run(key, acc, class_hits, seed=42):
+  """One seed's row as the study records it: 5 classes, the hits of each of its final images."""
+  images = sum(n for _, _, n in class_hits)
+  return dict(
+      architecture='resnet18',
+      defense=key,
+      key=key,
+      attack='ppa',
+      seed=seed,
+      acc=acc,
+      test_examples=250,
+      attack_acc_top1=sum(h for _, h, _ in class_hits) / images,
+      attack_acc_top5=1.0,
+      images=images,
+      class_hits=class_hits,
   )
-  rows = [row('none', 0.9, 0.8), row('rolss', 0.85, 0.6), row('ssf', 0.95, 0.5), row('tts', 0.9, -0.0)]
-  reproduce.add_deltas(rows)
+
+
+def test_table_deltas_intervals_and_columns():
+  """Δ only where accuracy dropped, Wilson intervals of Acc and AttAcc@1 with one seed, the paired test over
+  classes, no -0.00, no top-5 column for <= 5 classes."""
+  hits = lambda *h: [[c, k, 6] for c, k in enumerate(h)]
+  runs = [
+      _run('none', 0.9, hits(6, 6, 5, 4, 3)),  # 24 of 30
+      _run('rolss', 0.85, hits(4, 4, 4, 3, 3)),  # 18 of 30
+      _run('ssf', 0.95, hits(3, 3, 3, 3, 3)),
+      _run('tts', 0.9, hits(0, 0, 0, 0, 0)),
+  ]
+  rows = reproduce.summarise(runs)
   assert math.isnan(rows[0]['delta']) and rows[1]['delta'] == pytest.approx(4.0)
   assert rows[2]['delta'] == rows[3]['delta'] == reproduce.NO_ACCURACY_COST  # higher, or equal, accuracy
   assert rows[1]['attack_acc_top1_ci'] == list(scores.wilson_interval(18, 30))
+  assert rows[1]['acc_ci'] == list(scores.wilson_interval(round(0.85 * 250), 250))
+  # Per class (in sixths): rolss - none = (-2, -2, -1, -1, 0); the test pairs the classes.
+  want = scores.paired_permutation_p(np.array([-2, -2, -1, -1, 0]) / 6)
+  assert rows[1]['p_vs_none'] == pytest.approx(want) and rows[1]['pairs'] == 5 and 'p_vs_none' not in rows[0]
+  assert rows[3]['p_vs_none'] == pytest.approx(0.0625)  # every class lower: 2 of the 32 sign patterns
   study = ml_collections.ConfigDict({'attacks': ('ppa',)})
   five = reproduce.markdown_table(rows, reproduce._columns(study, num_classes=5))  # pylint: disable=protected-access
   many = reproduce.markdown_table(rows, reproduce._columns(study, num_classes=530))  # pylint: disable=protected-access
   assert 'AttAcc@5' not in five and 'AttAcc@5' in many
   assert '| 4.00 |' in five and '| no acc. cost |' in five and '-0.00' not in five
   assert '| 60.00 | 42.3–75.4 |' in five  # 18/30 and its interval
-  assert rows[1]['p_vs_none'] == pytest.approx(scores.fisher_exact_p(18, 30, 24, 30)) and 'p_vs_none' not in rows[0]
+  assert '| 85.00 | 79.8–88.7 |' in five  # Acc: 212/250 and its interval
+
+
+def test_several_seeds_give_means_intervals_across_seeds_and_pairs_per_seed():
+  hits = lambda *h: [[c, k, 4] for c, k in enumerate(h)]
+  runs = [
+      _run('none', 0.90, hits(4, 4, 3), seed=1),
+      _run('none', 0.80, hits(4, 3, 3), seed=2),
+      _run('none', 0.85, hits(4, 4, 4), seed=3),
+      _run('rolss', 0.70, hits(1, 2, 3), seed=1),
+      _run('rolss', 0.75, hits(2, 2, 2), seed=2),
+      _run('rolss', 0.65, hits(0, 1, 2), seed=3),
+  ]
+  none, rolss = reproduce.summarise(runs)
+  assert none['seeds'] == [1, 2, 3] and none['images'] == 36 and none['acc'] == pytest.approx(0.85)
+  np.testing.assert_allclose(none['acc_ci'], scores.seed_interval([0.90, 0.80, 0.85]))
+  per_seed = [sum(h for _, h, _ in r['class_hits']) / 12 for r in runs[3:]]
+  np.testing.assert_allclose(rolss['attack_acc_top1_ci'], np.clip(scores.seed_interval(per_seed), 0, 1))
+  assert rolss['attack_acc_top1'] == pytest.approx(np.mean(per_seed))
+  # Nine pairs: each class under each seed, rolss minus none.
+  differences = np.array([1 - 4, 2 - 4, 3 - 3, 2 - 4, 2 - 3, 2 - 3, 0 - 4, 1 - 4, 2 - 4]) / 4
+  assert rolss['pairs'] == 9 and rolss['p_vs_none'] == pytest.approx(scores.paired_permutation_p(differences))
+  assert rolss['delta'] == pytest.approx((none['attack_acc_top1'] - rolss['attack_acc_top1']) / (0.85 - 0.70))
 
 
 @pytest.mark.slow
@@ -403,3 +452,66 @@ def test_study_runs_four_attacks_on_every_target(tmp_path, tfds_dir):
       'gradient_flow_resnet18_plgmi.png',
   ):
     assert os.path.getsize(os.path.join(workdir, 'figures', name)) > 1000
+
+
+@pytest.mark.slow
+def test_sweeps_add_their_cells_share_equal_ones_and_plot_against_the_value(tiny_study):
+  """The three ablations in the tiny study's workdir: stage-wise removal trains one cell per stage, SSF k=0/1
+  and TTS's M=1 are cells trained already (RoLSS-like stage 4 removal, No defense, TTS) and are not retrained."""
+  config, workdir, _ = tiny_study
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.study.sweeps = ('stage_removal', 'ssf_k', 'tts_switch')
+  config.study.sweep_ssf_k = (0.0, 0.5, 1.0)
+  config.study.sweep_tts_stage1_fractions = (0.05, 0.5)  # both M = 1 at 2 epochs: one point
+  jobs.validate_config(config)
+  directories = reproduce.cell_directories(config, workdir)
+  arch = os.path.join(workdir, 'resnet18')
+  assert directories['resnet18', 'ssf_k1', 42] == os.path.join(arch, 'none')
+  assert directories['resnet18', 'ssf_k0', 42] == os.path.join(arch, 'remove_stage4')
+  assert directories['resnet18', 'tts_m1', 42] == os.path.join(arch, 'tts')
+  trained_before = os.path.getmtime(os.path.join(arch, 'none', 'train', 'results.json'))
+  rows = jobs.run(config, workdir)
+  assert os.path.getmtime(os.path.join(arch, 'none', 'train', 'results.json')) == trained_before
+  by_key = {r['key']: r for r in rows}
+  for stage in (1, 2, 3, 4):
+    removed = by_key[f'remove_stage{stage}']
+    assert removed['sweep'] == 'stage_removal' and removed['value'] == stage
+    saved = json.load(open(os.path.join(arch, f'remove_stage{stage}', 'ppa', 'attack.json')))
+    assert saved['target_config']['model']['skip'] == [0.0 if i == stage else 1.0 for i in (1, 2, 3, 4)]
+  assert [r['value'] for r in rows if r['sweep'] == 'ssf_k'] == [0.0, 0.5, 1.0]
+  assert by_key['ssf_k1']['attack_acc_top1'] == by_key['none']['attack_acc_top1']  # the same cell
+  assert by_key['ssf_k0']['acc'] == by_key['remove_stage4']['acc']
+  assert by_key['tts_m1']['acc'] == by_key['tts']['acc'] and by_key['tts_m1']['value'] == 1.0
+  for sweep in config.study.sweeps:
+    assert os.path.getsize(os.path.join(workdir, 'figures', f'sweep_{sweep}_resnet18.png')) > 1000
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    table = list(csv.DictReader(f))
+  assert [r['sweep'] for r in table].count('stage_removal') == 4 and table[0]['acc_ci_low']
+
+
+@pytest.mark.slow
+def test_seeds_and_matched_accuracy_checkpoints(tiny_study):
+  """Two seeds per cell in seed<S>/ directories, intervals across them, and per run the kept checkpoint whose
+  test accuracy is closest to study.match_accuracy."""
+  config, workdir, _ = tiny_study
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.study.defenses = ('none',)
+  config.study.seeds = (1, 2)
+  config.study.checkpoint, config.study.match_accuracy = 'matched', 0.5
+  jobs.validate_config(config)
+  (row,) = jobs.run(config, workdir)
+  assert row['seeds'] == [1, 2] and row['images'] == 2 * 5 * 2
+  runs = json.load(open(os.path.join(workdir, 'results.json')))['runs']
+  np.testing.assert_allclose(row['acc_ci'], np.clip(scores.seed_interval([r['acc'] for r in runs]), 0, 1))
+  for run in runs:
+    train_dir = os.path.join(workdir, 'resnet18', 'none', f'seed{run["seed"]}', 'train')
+    with open(os.path.join(train_dir, 'metrics.csv')) as f:
+      evaluated = {int(r['step']): float(r['test_accuracy']) for r in csv.DictReader(f) if r['test_accuracy']}
+    assert len(os.listdir(os.path.join(train_dir, 'checkpoints'))) >= len(evaluated)  # every one kept
+    closest = min(evaluated, key=lambda step: (abs(evaluated[step] - 0.5), step))
+    assert run['step'] == closest and run['acc'] == pytest.approx(evaluated[closest])
+    saved = json.load(open(os.path.join(train_dir, '..', 'ppa', 'attack.json')))
+    assert saved['target_config']['seed'] == run['seed']
+  with pytest.raises(ValueError, match='config.study.match_accuracy'):
+    config.study.match_accuracy = 0.0
+    jobs.validate_config(config)

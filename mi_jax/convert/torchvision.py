@@ -10,6 +10,7 @@ extra or wrongly shaped tensor is an error listing all of them -- unless the
 caller names it in `reinit` (e.g. the classifier head for another class count).
 """
 
+import importlib
 import re
 from typing import Sequence
 
@@ -126,6 +127,10 @@ def _typed_to_flax(state_dict: dict) -> dict:
   return traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in flat.items()}, sep='/')
 
 
+# torch_layout kinds -> the mi_jax.convert module with that family's to_flax(state_dict).
+LAYOUT_MODULES = {'vit': 'torchvision_vit', 'efficientnet': 'torchvision_efficientnet', 'maxvit': 'torchvision_maxvit'}
+
+
 def to_flax(state_dict: dict, kind: str) -> dict:
   """torch state dict -> {'params': ..., 'batch_stats': ...} with Flax layouts.
 
@@ -134,6 +139,8 @@ def to_flax(state_dict: dict, kind: str) -> dict:
   FaceNet)."""
   if kind == 'typed':  # the low-resolution protocol's VGG16 and IR networks (models/evolve.py)
     return _typed_to_flax(state_dict)
+  if kind in LAYOUT_MODULES:  # families whose key mapping lives in its own module: its to_flax(state_dict)
+    return importlib.import_module(f'mi_jax.convert.{LAYOUT_MODULES[kind]}').to_flax(state_dict)
   if kind not in ('resnet', 'densenet', 'generic'):
     raise ValueError(f"kind {kind!r}: expected 'resnet', 'densenet', 'generic' or 'typed'")
   flat = {}
@@ -159,9 +166,10 @@ def merge_into(converted: dict, fresh: dict, reinit: Sequence[str] = (), drop: S
 
   `reinit` leaves keep their fresh values (and the file's are dropped); `drop` leaves of the
   file have no place in the model (Inception-v3's auxiliary head)."""
-  fresh = {k: fresh[k] for k in ('params', 'batch_stats')}
+  fresh = {k: fresh.get(k, {}) for k in ('params', 'batch_stats')}
   try:
-    return transplant_lib.transplant(converted, fresh, reinit=reinit, drop=tuple(reinit) + tuple(drop))
+    merged, report = transplant_lib.transplant(converted, fresh, reinit=reinit, drop=tuple(reinit) + tuple(drop))
+    return {'batch_stats': {}, **merged}, report  # a model without BatchNorm (ViT) still has the collection
   except transplant_lib.TransplantError as e:
     raise transplant_lib.TransplantError(
         f'{e}\nThe weight file does not fit config.model; for another class count name the head in '

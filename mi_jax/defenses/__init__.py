@@ -40,6 +40,27 @@ DEFENSES = {
 }
 
 
+# MaxViT: the layers a defended stage's factor acts on where config.model.maxvit_layers names none (its
+# official default: the factor acts nowhere, so RoLSS would be a no-op): every residual of the stage.
+MAXVIT_DEFENDED_LAYERS = 'mbconv+window+grid'
+
+
+def set_skip(config: ml_collections.ConfigDict, skip: tuple):
+  """config.model.skip = skip; for MaxViT each stage it changes also gets MAXVIT_DEFENDED_LAYERS unless
+  config.model.maxvit_layers already names that stage's layers."""
+  config.model.skip = tuple(skip)
+  if models.family_of(config.model.name).name == 'maxvit':
+    layers = list(config.model.maxvit_layers)
+    config.model.maxvit_layers = tuple(
+        MAXVIT_DEFENDED_LAYERS if setting != 1 and layer == 'none' else layer for setting, layer in zip(skip, layers)
+    )
+
+
+def tts_stage1_epochs(fraction: float, epochs: int) -> int:
+  """TTS's M: that share of the epochs, at least 1."""
+  return max(1, round(fraction * epochs))
+
+
 def ssf_k(model_name: str) -> float:
   """The paper's k for the model's family: 0.2 for additive skips, 0.01 for concatenative ones."""
   return SSF_K[models.family_of(model_name).concatenative_skips]
@@ -63,16 +84,20 @@ def defend(
   config = ml_collections.ConfigDict(config.to_dict())
   name = config.model.name
   concatenative = models.family_of(name).concatenative_skips
-  keep = (1.0,) * (models.num_skip_stages(name) - 1)
+  # The last stage that has skips (MobileNetV2's and EfficientNet's last stage has none).
+  last = max(i for i, has in enumerate(models.residual_stages(config.model)) if has)
+  stages = models.num_skip_stages(name)
+  with_last = lambda setting: tuple(setting if i == last else 1.0 for i in range(stages))
+  keep = with_last(1.0)
   if spec.last_stage == 'remove':
-    config.model.skip = keep + (0.0,)
+    set_skip(config, with_last(0.0))
   elif spec.last_stage == 'scale':
     k = ssf_k(name) if k is None else k
-    config.model.skip = keep + (f'learn:{k}' if learn else k,)
+    set_skip(config, with_last(f'learn:{k}' if learn else k))
     if learn and concatenative:
       config.model.skip_mode = 'scale'  # truncation has no gradient in k
   else:
-    config.model.skip = keep + (1.0,)
+    set_skip(config, keep)
   if spec.bido:
     if not (config.bido.a1 or config.bido.a2):
       config.bido.a1, config.bido.a2 = BIDO_WEIGHTS
@@ -81,8 +106,8 @@ def defend(
   if spec.two_stage:
     config.job = 'tts'
     config.tts = ml_collections.ConfigDict()
-    config.tts.stage1_skip = keep + (1.0,)  # stage 1: every skip kept
-    config.tts.stage1_epochs = max(1, round(tts_stage1_fraction * config.train.epochs))  # M; stage 2 runs N
+    config.tts.stage1_skip = keep  # stage 1: every skip kept
+    config.tts.stage1_epochs = tts_stage1_epochs(tts_stage1_fraction, config.train.epochs)  # M; stage 2 runs N
     config.tts.lr_schedule = 'continue'  # 'continue' across stages, or 'restart' in stage 2
     config.tts.reinit = ('skip_scale',)  # target leaves that may start fresh (a learnable k)
     config.tts.drop = ('skip_scale',)  # source leaves that may be left behind

@@ -6,7 +6,8 @@ knn_distance      mean over attack images of the squared L2 distance to the near
 frechet_distance  FID between two Gaussians fitted to Inception features (pytorch-fid's formula)
 delta_ratio       Δ = (AttAcc_nodef - AttAcc_def) / (Acc_nodef - Acc_def), higher is better; undefined without a cost
 wilson_interval   the 95% Wilson interval of a proportion (attack accuracy over n images)
-fisher_exact_p    two-sided Fisher exact test of two attack accuracies
+seed_interval     the 95% Student-t interval of a mean over training seeds
+paired_permutation_p  two-sided sign-flip permutation test of paired differences (per seed and class)
 prdc              precision, recall, density, coverage (Naeem et al., ICML 2020), per class as PPA
 """
 
@@ -92,10 +93,38 @@ def accuracy_cost(acc_nodef: float, acc_def: float) -> bool:
   return acc_def < acc_nodef
 
 
-def fisher_exact_p(successes_a: int, trials_a: int, successes_b: int, trials_b: int) -> float:
-  """Two-sided p-value of Fisher's exact test that two attack accuracies (k of n images each) are equal."""
-  table = [[successes_a, trials_a - successes_a], [successes_b, trials_b - successes_b]]
-  return float(scipy.stats.fisher_exact(table).pvalue)
+def paired_permutation_p(differences, n_resamples: int = 100_000, seed: int = 0) -> float:
+  """Two-sided p-value that paired differences (defense - No defense, one per seed and class) have mean 0.
+
+  A sign-flip permutation test (scipy.stats.permutation_test on the pairs): exact while 2^n <= n_resamples,
+  Monte Carlo with a fixed seed beyond. Classes and seeds are the units because one attacked class gives
+  both rows their images: its difficulty is shared, its images are not independent draws. NaN for no pairs;
+  1.0 when every difference is 0.
+  """
+  differences = np.asarray(differences, np.float64)
+  if differences.size == 0:
+    return float('nan')
+  if not np.any(differences):
+    return 1.0
+  result = scipy.stats.permutation_test(
+      (differences, np.zeros_like(differences)),
+      lambda a, b, axis: np.mean(a - b, axis=axis),
+      permutation_type='samples',
+      vectorized=True,
+      n_resamples=n_resamples,
+      alternative='two-sided',
+      rng=np.random.default_rng(seed),
+  )
+  return float(result.pvalue)
+
+
+def seed_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+  """The Student-t interval of the mean of per-seed values (training seeds as independent replicates)."""
+  values = np.asarray(values, np.float64)
+  if values.size < 2:
+    return float('nan'), float('nan')
+  half = scipy.stats.t.ppf(0.5 + confidence / 2, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
+  return float(values.mean() - half), float(values.mean() + half)
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:

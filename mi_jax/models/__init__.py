@@ -11,6 +11,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from mi_jax.models import convnext, densenet, evolve, inception, mobilenet, registry, repvgg, resnet
+from mi_jax.models import efficientnet
+from mi_jax.models import vit
+from mi_jax.models import maxvit
 from mi_jax.models import skip as skip_lib
 
 FAMILIES = (
@@ -19,8 +22,11 @@ FAMILIES = (
     repvgg.FAMILY,
     mobilenet.FAMILY,
     convnext.FAMILY,
+    efficientnet.FAMILY,
     inception.FAMILY,
     evolve.FAMILY,
+    vit.FAMILY,
+    maxvit.FAMILY,
 )
 _BY_NAME = {name: family for family in FAMILIES for name in family.architectures}
 
@@ -28,6 +34,12 @@ _BY_NAME = {name: family for family in FAMILIES for name in family.architectures
 def model_names() -> list[str]:
   """Every name config.model.name accepts, family by family."""
   return [name for family in FAMILIES for name in sorted(family.architectures)]
+
+
+def option_defaults() -> dict[str, object]:
+  """{config.model field: its neutral value} of every family's options: a saved config without such a field
+  (written before the field existed) ran with that value."""
+  return {field: neutral for family in FAMILIES for field, neutral in family.options}
 
 
 def family_of(name: str) -> registry.Family:
@@ -41,6 +53,16 @@ def num_skip_stages(name: str) -> int:
   """How many skip settings config.model.skip takes for the model `name` (one per stage, block or group)."""
   family = family_of(name)
   return family.num_stages(family.architectures[name])
+
+
+def residual_stages(model_config: ml_collections.ConfigDict) -> tuple[bool, ...]:
+  """Per skip stage of config.model, whether it has a skip connection (MobileNetV2 and EfficientNet have
+  stages without one: their setting must stay 1)."""
+  family = family_of(model_config.name)
+  architecture = family.architectures[model_config.name]
+  if family.residual_stages is None:
+    return (True,) * family.num_stages(architecture)
+  return tuple(family.residual_stages(model_config, architecture))
 
 
 def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
@@ -61,13 +83,23 @@ def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
     except ValueError as e:
       raise ValueError(f'config.model.skip: {e}') from None
   # Another family's option at other than its neutral value is a mistake, not something to ignore.
+  own = {field for field, _ in family.options}  # a field several families share (residual_branch) is theirs
   for other in FAMILIES:
     for field, neutral in other.options:
-      if other is not family and model_config.get(field, neutral) != neutral:
+      if (
+          other is not family
+          and field not in own
+          and _as_tuples(model_config.get(field, neutral)) != _as_tuples(neutral)
+      ):
         raise ValueError(
             f'config.model.{field}={model_config[field]!r} applies to {other.name} models only, ' f'not {name}'
         )
   return family.build(model_config, family.architectures[name], registry.DTYPES[model_config.dtype], deploy)
+
+
+def _as_tuples(value):
+  """Lists as tuples, nested: a config read back from JSON compares equal to the one it was written from."""
+  return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def init_variables(model, input_shape, rng, **kwargs) -> dict:

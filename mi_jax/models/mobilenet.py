@@ -135,5 +135,11 @@ def _build(model_config, architecture, dtype, deploy):
 
 
 FAMILY = registry.Family(
-    name='mobilenet', architectures={'mobilenet_v2': INVERTED_RESIDUAL_SETTING}, build=_build, num_stages=len
+    name='mobilenet',
+    architectures={'mobilenet_v2': INVERTED_RESIDUAL_SETTING},
+    build=_build,
+    num_stages=len,
+    residual_stages=lambda model_config, _: groups_with_residual(
+        model_config.width / 32 if model_config.width else 1.0
+    ),
 )

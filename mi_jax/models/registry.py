@@ -27,3 +27,5 @@ class Family:
   records_hidden: bool = False  # sows hidden features (layers.sow_hidden) for BiDO
   torch_layout: str | None = None  # mi_jax.convert.torchvision kind; None: no importer
   options: tuple[tuple[str, Any], ...] = ()  # config.model fields of this family only, and their neutral values
+  # (model config, its name's constants) -> per stage, whether it has a skip to remove or scale; None: every stage.
+  residual_stages: Callable[[Any, Any], tuple[bool, ...]] | None = None

@@ -6,6 +6,7 @@ asynchronous and atomic, so a job killed mid-save resumes from the previous one.
 """
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -270,9 +271,11 @@ def run_identity(config: dict, fields=IDENTITY_FIELDS) -> dict:
 
 def check_same_run(saved: dict, config: ml_collections.ConfigDict, where: str, fields=IDENTITY_FIELDS, hint: str = ''):
   """Raises CheckpointError naming every identity leaf that differs from the config saved in a checkpoint."""
+  saved_identity = run_identity(saved, fields)
+  if isinstance(saved_identity.get('model'), dict):  # fields added since: the value the saved run had
+    defaults = json.loads(json.dumps(models.option_defaults()))
+    saved_identity['model'] = {**defaults, **saved_identity['model']}
   try:
-    reporting.check_same_run(
-        run_identity(saved, fields), run_identity(reporting.config_json(config), fields), where, 'run', hint
-    )
+    reporting.check_same_run(saved_identity, run_identity(reporting.config_json(config), fields), where, 'run', hint)
   except reporting.DifferentRunError as e:
     raise CheckpointError(str(e)) from None
