@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.maxvit_layers = ('none',) * 4  # MaxViT per stage: layers taking k, e.g. 'grid', 'mbconv+window', 'none'.
   config.model.maxvit_leading_layers = (0,) * 4  # MaxViT, per stage: how many leading layers that covers; 0 = all.
   config.model.maxvit_mbconv_factor_on = 'branch'  # MaxViT: k on the MBConv 'branch' (official) or the 'identity'.
+  config.model.maxvit_bn_momentum = (
+      0.99  # MaxViT: BatchNorm momentum, torch's convention (official 0.99; torchvision 0.01).
+  )
   config.model.maxvit_partition_size = 0  # MaxViT: window/grid side; 0 = the architecture's own (7).
 
   config.data = ml_collections.ConfigDict()

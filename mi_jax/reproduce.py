@@ -536,8 +536,8 @@ def summarise(runs: list[dict]) -> list[dict]:
     row['images'] = sum(r['images'] for r in group)
     row['per_seed'] = {key: [r[key] for r in group] for key in ('acc', 'attack_acc_top1')}
     if len(group) > 1:
-      row['acc_ci'] = _unit_interval(scores.seed_interval(row['per_seed']['acc']))
-      row['attack_acc_top1_ci'] = _unit_interval(scores.seed_interval(row['per_seed']['attack_acc_top1']))
+      row['acc_ci'] = _unit_interval(scores.t_interval(row['per_seed']['acc']))
+      row['attack_acc_top1_ci'] = _unit_interval(scores.t_interval(row['per_seed']['attack_acc_top1']))
     else:
       row['acc_ci'] = list(scores.wilson_interval(round(row['acc'] * row['test_examples']), row['test_examples']))
       row['attack_acc_top1_ci'] = list(scores.wilson_interval(_hits(row), row['images']))
@@ -708,14 +708,17 @@ def write_figures(workdir: str, rows: list[dict], config: ml_collections.ConfigD
   several_attacks = len(config.study.attacks) > 1
   for arch in config.study.architectures:
     for attack in config.study.attacks:
-      norms = {
-          defenses.DEFENSES[d].label: gradient_flow.stage_gradient_norms(
-              os.path.join(directories[arch, d, first_seed], attack)
-          )
+      attack_dirs = {
+          defenses.DEFENSES[d].label: os.path.join(directories[arch, d, first_seed], attack)
           for d in config.study.defenses
       }
       name = f'gradient_flow_{arch}_{attack}.png' if several_attacks else f'gradient_flow_{arch}.png'
-      gradient_flow.plot_gradient_flow(os.path.join(figures, name), arch, norms)
+      gradient_flow.plot_gradient_flow(
+          os.path.join(figures, name),
+          arch,
+          {label: gradient_flow.stage_gradient_norms(path) for label, path in attack_dirs.items()},
+          {label: gradient_flow.stage_gradient_intervals(path) for label, path in attack_dirs.items()},
+      )
   main = [r for r in rows if not r.get('sweep')]
   groups = [' '.join([r['architecture'], r['defense']] + ([r['attack']] if several_attacks else [])) for r in main]
   plots.grouped_bars(

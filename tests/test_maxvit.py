@@ -10,6 +10,7 @@ import functools
 import re
 
 from flax import traverse_util
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -386,3 +387,20 @@ def test_train_mode_gradients_batch_statistics_and_stochastic_depth():
   assert abs(float(loss) - float(other_loss)) > 1e-4  # another dropout key drops other branches
   moved = updates['batch_stats']['stage1_0_mbconv']['pre_norm']['mean']
   assert np.abs(moved - 1.0).max() > 1e-3
+
+
+@pytest.mark.parametrize('momentum', [maxvit.OFFICIAL_BN_MOMENTUM, maxvit.TORCHVISION_BN_MOMENTUM])
+def test_batch_norm_momentum_is_the_official_or_torchvisions(momentum):
+  """config.model.maxvit_bn_momentum in torch's convention: after one training step every running mean is
+  (1 - m) * old + m * the batch mean; the official file's 0.99 keeps almost only the batch's."""
+  module = maxvit.MaxViT(num_classes=3, bn_momentum=momentum, **TWO_STAGES)
+  x = jnp.asarray(_images(32).transpose(0, 2, 3, 1))
+  variables = module.init(jax.random.PRNGKey(0), x)
+  old = variables['batch_stats']['stem_bn']['mean']
+  _, updated = module.apply(variables, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(1)})
+  features = nn.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False).apply(
+      {'params': variables['params']['stem_conv']}, x
+  )
+  want = (1 - momentum) * old + momentum * features.mean(axis=(0, 1, 2))
+  np.testing.assert_allclose(updated['batch_stats']['stem_bn']['mean'], want, rtol=1e-5, atol=1e-6)
+  assert models.build_model(model_config('maxvit_t', 3, maxvit_bn_momentum=momentum)).bn_momentum == momentum

@@ -87,10 +87,10 @@ def test_paired_permutation_p_against_enumeration_and_known_values():
   assert scores.paired_permutation_p(big, n_resamples=20_000) == pytest.approx(2 * scipy.stats.norm.sf(z), abs=0.01)
 
 
-def test_seed_interval_known_value():
+def test_t_interval_known_value():
   # Mean 0.6, s = 0.1, n = 3: t(0.975, 2) = 4.302653, half-width 4.302653 * 0.1 / sqrt(3) = 0.248414.
-  np.testing.assert_allclose(scores.seed_interval([0.5, 0.6, 0.7]), (0.351586, 0.848414), atol=1e-6)
-  assert all(math.isnan(v) for v in scores.seed_interval([0.5]))
+  np.testing.assert_allclose(scores.t_interval([0.5, 0.6, 0.7]), (0.351586, 0.848414), atol=1e-6)
+  assert all(math.isnan(v) for v in scores.t_interval([0.5]))
 
 
 def test_prdc_matches_the_reference_package():

@@ -122,9 +122,9 @@ def test_several_seeds_give_means_intervals_across_seeds_and_pairs_per_seed():
   ]
   none, rolss = reproduce.summarise(runs)
   assert none['seeds'] == [1, 2, 3] and none['images'] == 36 and none['acc'] == pytest.approx(0.85)
-  np.testing.assert_allclose(none['acc_ci'], scores.seed_interval([0.90, 0.80, 0.85]))
+  np.testing.assert_allclose(none['acc_ci'], scores.t_interval([0.90, 0.80, 0.85]))
   per_seed = [sum(h for _, h, _ in r['class_hits']) / 12 for r in runs[3:]]
-  np.testing.assert_allclose(rolss['attack_acc_top1_ci'], np.clip(scores.seed_interval(per_seed), 0, 1))
+  np.testing.assert_allclose(rolss['attack_acc_top1_ci'], np.clip(scores.t_interval(per_seed), 0, 1))
   assert rolss['attack_acc_top1'] == pytest.approx(np.mean(per_seed))
   # Nine pairs: each class under each seed, rolss minus none.
   differences = np.array([1 - 4, 2 - 4, 3 - 3, 2 - 4, 2 - 3, 2 - 3, 0 - 4, 1 - 4, 2 - 4]) / 4
@@ -502,7 +502,7 @@ def test_seeds_and_matched_accuracy_checkpoints(tiny_study):
   (row,) = jobs.run(config, workdir)
   assert row['seeds'] == [1, 2] and row['images'] == 2 * 5 * 2
   runs = json.load(open(os.path.join(workdir, 'results.json')))['runs']
-  np.testing.assert_allclose(row['acc_ci'], np.clip(scores.seed_interval([r['acc'] for r in runs]), 0, 1))
+  np.testing.assert_allclose(row['acc_ci'], np.clip(scores.t_interval([r['acc'] for r in runs]), 0, 1))
   for run in runs:
     train_dir = os.path.join(workdir, 'resnet18', 'none', f'seed{run["seed"]}', 'train')
     with open(os.path.join(train_dir, 'metrics.csv')) as f:
@@ -515,3 +515,18 @@ def test_seeds_and_matched_accuracy_checkpoints(tiny_study):
   with pytest.raises(ValueError, match='config.study.match_accuracy'):
     config.study.match_accuracy = 0.0
     jobs.validate_config(config)
+
+
+def test_cpu_preset_has_the_power_the_demo_lacks():
+  """`:cpu`: the demo's matrix with 3 seeds per cell, 100 final images per row and seed (5 classes x 20), a
+  DenseNet whose skip-less last block is 8 channels wide, and every cell distinct (36 targets)."""
+  config = paper.get_config('cpu')
+  jobs.validate_config(config)
+  assert config.study.seeds == (1, 2, 3) and config.study.defenses == paper.DEFENSES
+  attack = config.attacks.ppa.attack
+  assert attack.final_samples * config.classifier.model.num_classes >= 100
+  assert attack.final_samples <= attack.num_candidates
+  assert config.classifier.model.width == 16  # DenseNet growth = width // 2
+  directories = reproduce.cell_directories(config, '/study')
+  assert len(set(directories.values())) == 2 * 6 * 3
+  assert directories['densenet121', 'rolss', 2] == '/study/densenet121/rolss/seed2'

@@ -31,7 +31,7 @@ def grouped_bars(
       ax.errorbar(
           x + (i - (len(series) - 1) / 2) * width,
           values,
-          yerr=_error_bars(values, intervals[name]),
+          yerr=_error_bars(values, intervals[name], positive=log_scale),
           fmt='none',
           ecolor='0.2',
           capsize=3,
@@ -55,10 +55,14 @@ def grouped_bars(
   return path
 
 
-def _error_bars(values: np.ndarray, intervals) -> np.ndarray:
-  """[2, n] distances from each value down to its interval's low end and up to its high end (0 where unknown)."""
+def _error_bars(values: np.ndarray, intervals, positive: bool = False) -> np.ndarray:
+  """[2, n] distances from each value down to its interval's low end and up to its high end (0 where unknown);
+  `positive` (a log axis) stops the lower bar short of 0."""
   bounds = np.array([iv if iv is not None else (np.nan, np.nan) for iv in intervals], float).reshape(-1, 2)
-  return np.nan_to_num(np.abs(np.stack([values - bounds[:, 0], bounds[:, 1] - values])))
+  bars = np.nan_to_num(np.abs(np.stack([values - bounds[:, 0], bounds[:, 1] - values])))
+  if positive:
+    bars[0] = np.minimum(bars[0], 0.99 * np.nan_to_num(values))
+  return bars
 
 
 def sweep_lines(

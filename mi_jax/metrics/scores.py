@@ -6,7 +6,7 @@ knn_distance      mean over attack images of the squared L2 distance to the near
 frechet_distance  FID between two Gaussians fitted to Inception features (pytorch-fid's formula)
 delta_ratio       Δ = (AttAcc_nodef - AttAcc_def) / (Acc_nodef - Acc_def), higher is better; undefined without a cost
 wilson_interval   the 95% Wilson interval of a proportion (attack accuracy over n images)
-seed_interval     the 95% Student-t interval of a mean over training seeds
+t_interval        the 95% Student-t interval of a mean over replicates (seeds, batches)
 paired_permutation_p  two-sided sign-flip permutation test of paired differences (per seed and class)
 prdc              precision, recall, density, coverage (Naeem et al., ICML 2020), per class as PPA
 """
@@ -118,8 +118,8 @@ def paired_permutation_p(differences, n_resamples: int = 100_000, seed: int = 0)
   return float(result.pvalue)
 
 
-def seed_interval(values, confidence: float = 0.95) -> tuple[float, float]:
-  """The Student-t interval of the mean of per-seed values (training seeds as independent replicates)."""
+def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+  """The Student-t interval of the mean of independent replicates (training seeds, attack batches)."""
   values = np.asarray(values, np.float64)
   if values.size < 2:
     return float('nan'), float('nan')

@@ -38,9 +38,9 @@ skip=(0, 0, 1, 1), maxvit_layers=('grid', 'grid', 'none', 'none'). (Its attack c
 builds the target from skip and mode only, so cfg falls back to its default and the released attacks ran
 the trained weights through the plain forward, every residual in place.)
 
-Other differences from the official file: its BatchNorms have torch momentum 0.99 (running statistics
-are nearly the last batch's; torchvision later fixed it to 0.01), here torchvision's fixed 0.01 (Flax
-0.99); only training-time statistics differ. Removing or scaling a residual never changes the
+BatchNorm momentum: the official file's BatchNorms have torch momentum 0.99 (running statistics are
+nearly the last batch's; torchvision later fixed it to 0.01); config.model.maxvit_bn_momentum takes
+either (default the official 0.99); only the running statistics differ. Removing or scaling a residual never changes the
 parameter tree; only 'learn' adds one scalar `skip_scale_stage{i}` per stage.
 
 Sizes: config.model.width > 0 shrinks the model for demos and tests: stem width, stage channels
@@ -63,6 +63,9 @@ from mi_jax.models import skip as skip_lib
 # trunc_normal_(std=0.02) of the position-bias tables cuts at +-2 absolute, i.e. never: also a normal.)
 weight_init = nn.initializers.normal(0.02)
 BN_EPSILON = 1e-3  # torchvision maxvit: BatchNorm2d(eps=1e-3)
+# BatchNorm momentum in torch's convention (the new batch's weight): the official file's 0.99 (running
+# statistics are nearly the last batch's), torchvision's later fix 0.01; config.model.maxvit_bn_momentum.
+OFFICIAL_BN_MOMENTUM, TORCHVISION_BN_MOMENTUM = 0.99, 0.01
 LN_EPSILON = 1e-5  # torch nn.LayerNorm default
 LAYER_KINDS = ('mbconv', 'window', 'grid')  # the three parts of a MaxViT layer, in forward order
 RESIDUAL_BRANCHES = ('all', 'attention', 'mlp')
@@ -196,6 +199,7 @@ class MBConv(nn.Module):
   strides: int  # 2 in a stage's first layer
   drop_rate: float  # stochastic-depth probability of the layer
   factor_on: str = 'branch'  # 'branch' (official) or 'identity'
+  bn_momentum: float = OFFICIAL_BN_MOMENTUM  # torch's convention: the weight of the new batch's statistics
   expansion: float = 4.0  # hidden channels = expansion * features
   squeeze: float = 0.25  # squeeze-excitation channels = squeeze * features
   dtype: Any = jnp.float32  # compute dtype; parameters stay float32
@@ -203,7 +207,7 @@ class MBConv(nn.Module):
   @nn.compact
   def __call__(self, x, skip_scale, train: bool):
     norm = lambda name: nn.BatchNorm(
-        use_running_average=not train, momentum=0.99, epsilon=BN_EPSILON, dtype=self.dtype, name=name
+        use_running_average=not train, momentum=1.0 - self.bn_momentum, epsilon=BN_EPSILON, dtype=self.dtype, name=name
     )
     conv = lambda features, kernel=1, name=None, **kw: nn.Conv(
         features, (kernel, kernel), kernel_init=weight_init, dtype=self.dtype, name=name, **kw
@@ -322,6 +326,7 @@ class MaxViT(nn.Module):
   layers_with_factor: Sequence[str] | None = None  # per stage: config.model.maxvit_layers; None = 'none'
   leading_layers: Sequence[int] | None = None  # per stage: layers maxvit_layers covers, 0 = all; None = 0
   mbconv_factor_on: str = 'branch'  # MBConv's k on the 'branch' (official) or the 'identity'
+  bn_momentum: float = OFFICIAL_BN_MOMENTUM  # torch's convention (config.model.maxvit_bn_momentum)
   dtype: Any = jnp.float32  # compute dtype; parameters stay float32
 
   @nn.compact
@@ -349,7 +354,11 @@ class MaxViT(nn.Module):
         name='stem_conv',
     )(x)
     x = nn.BatchNorm(
-        use_running_average=not train, momentum=0.99, epsilon=BN_EPSILON, dtype=self.dtype, name='stem_bn'
+        use_running_average=not train,
+        momentum=1.0 - self.bn_momentum,
+        epsilon=BN_EPSILON,
+        dtype=self.dtype,
+        name='stem_bn',
     )(x)
     x = nn.Conv(
         self.stem_channels,
@@ -369,7 +378,13 @@ class MaxViT(nn.Module):
         scale = lambda residual: k if residual in residuals else 1.0
         prefix = f'stage{i + 1}_{j}'
         x = MBConv(
-            channels, 2 if j == 0 else 1, drop_rate, self.mbconv_factor_on, dtype=self.dtype, name=f'{prefix}_mbconv'
+            channels,
+            2 if j == 0 else 1,
+            drop_rate,
+            self.mbconv_factor_on,
+            self.bn_momentum,
+            dtype=self.dtype,
+            name=f'{prefix}_mbconv',
         )(x, scale('mbconv'), train)
         for kind in ('window', 'grid'):
           x = PartitionAttention(
@@ -418,6 +433,9 @@ def _build(model_config, spec: MaxViTSpec, dtype, deploy):
       leading_layers=tuple(model_config.get('maxvit_leading_layers', (0,) * len(channels))),
       mbconv_factor_on=model_config.get('maxvit_mbconv_factor_on', 'branch'),
   )
+  bn_momentum = model_config.get('maxvit_bn_momentum', OFFICIAL_BN_MOMENTUM)
+  if not 0.0 <= bn_momentum <= 1.0:
+    raise ValueError(f'config.model.maxvit_bn_momentum={bn_momentum!r}: expected a weight in [0, 1]')
   stage_plans(block_layers=spec.block_layers, **options)  # config errors now, not at the first call
   return MaxViT(
       num_classes=model_config.num_classes,
@@ -427,6 +445,7 @@ def _build(model_config, spec: MaxViTSpec, dtype, deploy):
       head_dim=head_dim,
       partition_size=partition_size or spec.partition_size,
       stochastic_depth=spec.stochastic_depth,
+      bn_momentum=bn_momentum,
       dtype=dtype,
       **options,
   )
@@ -443,6 +462,7 @@ FAMILY = registry.Family(
         ('maxvit_layers', ('none',) * 4),
         ('maxvit_leading_layers', (0,) * 4),
         ('maxvit_mbconv_factor_on', 'branch'),
+        ('maxvit_bn_momentum', OFFICIAL_BN_MOMENTUM),
         ('maxvit_partition_size', 0),
     ),
 )
