@@ -36,6 +36,9 @@ def get_config(arg=None):
   config.target = ml_collections.ConfigDict()
   config.target.workdir = ''  # Workdir of the train job (its checkpoints and config).
   config.target.checkpoint = 'latest'  # 'latest' (upstream PPA: the last epoch), 'best' (the RoLSS code) or a step.
+  # MaxViT targets: rebuild as the RoLSS attack code does (from skip and mode only: its cfg falls back to the
+  # default, so every residual is in place, whatever the target was trained with). The paper preset sets it.
+  config.target.official_rebuild = False
 
   config.generator = ml_collections.ConfigDict()
   config.generator.dir = ''  # A generator directory (generator.json + variables/).

@@ -164,6 +164,7 @@ def get_config(arg=None):
   settings.batch_size = 8
   settings.lr_milestones = (30, 40)
   settings.antialias = False  # Its torchvision resized tensors without antialiasing.
+  config.attacks.ppa.target.official_rebuild = True  # MaxViT attacked as its attack code rebuilt it (README)
 
   config.metrics = evaluate.metrics_section()  # cache_dir '' = <workdir>/cache
   config.metrics.fid_quirk = True  # PPA's FID inputs ([-3, 1]), so FIDs compare with the paper's

@@ -404,3 +404,24 @@ def test_batch_norm_momentum_is_the_official_or_torchvisions(momentum):
   want = (1 - momentum) * old + momentum * features.mean(axis=(0, 1, 2))
   np.testing.assert_allclose(updated['batch_stats']['stem_bn']['mean'], want, rtol=1e-5, atol=1e-6)
   assert models.build_model(model_config('maxvit_t', 3, maxvit_bn_momentum=momentum)).bn_momentum == momentum
+
+
+def test_official_attack_rebuild_is_the_plain_forward_of_the_trained_weights():
+  """target.official_rebuild: the RoLSS attack code rebuilds a MaxViT from skip and mode only, so a target
+  trained with its first stage's grid residuals removed runs as the plain model on the trained weights."""
+  trained = {'name': 'maxvit_t', 'skip': (0.0, 1.0), 'maxvit_layers': ('grid', 'none'), 'maxvit_leading_layers': (1, 0)}
+  rebuilt = maxvit.as_official_attack_rebuilds(trained)
+  assert rebuilt['skip'] == (1.0, 1.0) and rebuilt['maxvit_layers'] == ('none', 'none')
+  assert rebuilt['maxvit_leading_layers'] == (0, 0) and rebuilt['name'] == 'maxvit_t'
+  build = lambda c: maxvit.MaxViT(
+      num_classes=3,
+      skip=c['skip'],
+      layers_with_factor=c['maxvit_layers'],
+      leading_layers=c['maxvit_leading_layers'],
+      **TWO_STAGES,
+  )
+  x = jnp.asarray(_images(32).transpose(0, 2, 3, 1))
+  variables = build(trained).init(jax.random.PRNGKey(0), x)
+  as_attacked = build(rebuilt).apply(variables, x)
+  np.testing.assert_array_equal(as_attacked, maxvit.MaxViT(num_classes=3, **TWO_STAGES).apply(variables, x))
+  assert np.abs(np.asarray(as_attacked) - np.asarray(build(trained).apply(variables, x))).max() > 1e-4

@@ -30,10 +30,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mi_jax import attack_outputs, config_checks, errors
+from mi_jax import attack_outputs, config_checks, errors, models
 from mi_jax.attacks import optimize, selection
 from mi_jax.data import transforms
 from mi_jax.metrics import scores as scores_lib
+from mi_jax.models import maxvit
 from mi_jax.train import checkpoint, reporting, sharding
 from mi_jax.stylegan import checkpoint as generator_io
 from mi_jax.stylegan import networks
@@ -208,6 +209,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str, first_stage_steps: in
   model, target_vars, saved, target_step, target_metrics = load_classifier(
       config.target.workdir, config.target.checkpoint, 'target'
   )
+  if config.target.get('official_rebuild', False) and models.family_of(saved['model']['name']).name == 'maxvit':
+    model = models.build_model(ml_collections.ConfigDict(maxvit.as_official_attack_rebuilds(saved['model'])))
+    logging.info('target.official_rebuild: attacking the MaxViT with every residual in place (the RoLSS code)')
   logging.info(
       'Attacking %s at step %d (%s checkpoint; test accuracy %s)',
       config.target.workdir,
@@ -223,7 +227,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, first_stage_steps: in
 
   mesh = sharding.make_mesh(config.num_devices)
   batch_size = a.batch_size * mesh.devices.size
-  _check_same_attack(workdir, config, batch_size)
+  _check_same_attack(workdir, config, batch_size, models.family_of(saved['model']['name']).name == 'maxvit')
   replicated = sharding.replicated(mesh)
   attack = _Attack(
       config,
@@ -456,7 +460,7 @@ def _make_evaluator(config, gen_config, settings, classes):
   return logits
 
 
-def _check_same_attack(workdir: str, config: ml_collections.ConfigDict, global_batch: int):
+def _check_same_attack(workdir: str, config: ml_collections.ConfigDict, global_batch: int, maxvit_target: bool = False):
   """Writes `run.json` on the first launch; a relaunch must describe the same attack (it resumes it).
 
   Devices may change between launches as long as the global batch stays the same.
@@ -464,7 +468,8 @@ def _check_same_attack(workdir: str, config: ml_collections.ConfigDict, global_b
   current = reporting.config_json(config)
   identity = {
       'seed': current['seed'],
-      'target': current['target'],
+      # official_rebuild changes MaxViT targets only: other runs resume whatever it says (or if it is absent).
+      'target': {k: v for k, v in current['target'].items() if k != 'official_rebuild' or maxvit_target},
       'generator': current['generator'],
       'attack': {k: v for k, v in current['attack'].items() if k != 'batch_size'},
       'global_batch': global_batch,

@@ -410,6 +410,19 @@ class MaxViT(nn.Module):
         )
 
 
+def as_official_attack_rebuilds(model_config: dict) -> dict:
+  """The model config of a MaxViT target as the RoLSS attack code rebuilds it (utils/attack_config_parser.py):
+  from `skip` and `mode` only, so `cfg` and `itr` fall back to their defaults, under which the factor acts on
+  no residual -- the plain forward, every residual in place, whatever the target was trained with."""
+  stages = len(model_config['skip'])
+  return {
+      **model_config,
+      'skip': (1.0,) * stages,
+      'maxvit_layers': ('none',) * stages,
+      'maxvit_leading_layers': (0,) * stages,
+  }
+
+
 def _build(model_config, spec: MaxViTSpec, dtype, deploy):
   del deploy
   stem, channels, head_dim = spec.stem_channels, spec.block_channels, spec.head_dim
