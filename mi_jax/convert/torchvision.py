@@ -32,6 +32,21 @@ _BN_FIELDS = {
 }
 
 
+def flax_kernel(value: np.ndarray, key: str, kind: str = 'by_rank') -> np.ndarray:
+  """A torch weight in Flax's layout: conv [O, I, kh, kw] -> [kh, kw, I, O], linear [out, in] -> [in, out].
+
+  `kind` 'conv' or 'dense' demands that rank; 'by_rank' takes either. Another shape is an error naming `key`.
+  """
+  if kind in ('conv', 'by_rank') and value.ndim == 4:
+    return value.transpose(2, 3, 1, 0)
+  if kind in ('dense', 'by_rank') and value.ndim == 2:
+    return value.T
+  want = {'conv': 'a conv weight [O, I, kh, kw]', 'dense': 'a linear weight [out, in]'}.get(
+      kind, 'a conv or linear weight'
+  )
+  raise ValueError(f'{key}: expected {want}, got shape {value.shape}')
+
+
 def read_state_dict(path: str) -> dict:
   """{name: float32 numpy array} from a torch file, wrappers and prefixes removed."""
   obj = torch_compat.load_torch_file(path)
@@ -121,8 +136,7 @@ def _typed_to_flax(state_dict: dict) -> dict:
     else:
       for field, value in fields.items():
         if field == 'weight':
-          value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
-          field = 'kernel'
+          value, field = flax_kernel(value, f'{module}.weight'), 'kernel'
         flat[f'params/{path}/{field}'] = value
   return traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in flat.items()}, sep='/')
 
@@ -149,14 +163,10 @@ def to_flax(state_dict: dict, kind: str) -> dict:
     if mapped is None:
       continue
     collection, path, transform = mapped
-    if transform == 'by_rank':
-      transform = {4: 'conv', 2: 'dense'}.get(value.ndim)
-    if transform == 'conv':
-      if value.ndim != 4:
-        raise ValueError(f'{key}: expected a conv weight [O, I, kh, kw], got shape {value.shape}')
-      value = value.transpose(2, 3, 1, 0)  # [O, I, kh, kw] -> [kh, kw, I, O]
-    elif transform == 'dense':
-      value = value.T  # [out, in] -> [in, out]
+    if transform == 'by_rank' and value.ndim not in (2, 4):
+      transform = None  # e.g. a PReLU's weight
+    if transform is not None:
+      value = flax_kernel(value, key, transform)
     flat[f'{collection}/{path}'] = value.astype(np.float32)
   return traverse_util.unflatten_dict(flat, sep='/')
 

@@ -21,6 +21,8 @@ import re
 from flax import traverse_util
 import numpy as np
 
+from mi_jax.convert import torchvision
+
 _BN_FIELDS = {
     'weight': ('params', 'scale'),
     'bias': ('params', 'bias'),
@@ -107,11 +109,7 @@ def to_flax(state_dict: dict) -> dict:
   flat = {}
   for key, (collection, path, transform, value) in leaves.items():
     value = np.asarray(value, np.float32)
-    if transform == 'conv':
-      if value.ndim != 4:
-        raise ValueError(f'{key}: expected a conv weight [O, I, kh, kw], got shape {value.shape}')
-      value = value.transpose(2, 3, 1, 0)  # [O, I, kh, kw] -> [kh, kw, I, O]
-    elif transform == 'dense':
-      value = value.T  # [out, in] -> [in, out]
+    if transform in ('conv', 'dense'):
+      value = torchvision.flax_kernel(value, key, transform)
     flat[f'{collection}/{path}'] = value
   return traverse_util.unflatten_dict(flat, sep='/')

@@ -22,6 +22,7 @@ import re
 from flax import traverse_util
 import numpy as np
 
+from mi_jax.convert import torchvision
 from mi_jax.models import maxvit
 
 _BN_FIELDS = {
@@ -107,13 +108,9 @@ def _leaf(module: str, field: str, value: np.ndarray):
     return f'params/{name}/bias', value
   if field != 'weight':
     raise KeyError(f'{module}.{field}')
-  if kind == 'conv':
-    if value.ndim != 4:
-      raise ValueError(f'{module}.weight: expected a conv weight [O, I, kh, kw], got shape {value.shape}')
-    return f'params/{name}/kernel', value.transpose(2, 3, 1, 0)  # -> [kh, kw, I, O]
-  if value.ndim != 2:
-    raise ValueError(f'{module}.weight: expected a linear weight [out, in], got shape {value.shape}')
-  return f'params/{name}/kernel', value.T
+  return f'params/{name}/kernel', torchvision.flax_kernel(
+      value, f'{module}.weight', 'conv' if kind == 'conv' else 'dense'
+  )
 
 
 def to_flax(state_dict: dict) -> dict:

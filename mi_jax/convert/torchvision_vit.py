@@ -14,6 +14,8 @@ import re
 from flax import traverse_util
 import numpy as np
 
+from mi_jax.convert import torchvision
+
 _BLOCK = re.compile(r'^encoder\.layers\.encoder_layer_(\d+)\.(.+)$')
 # Inside an encoder block: torch module path -> Flax module path.
 _BLOCK_MODULES = {
@@ -38,13 +40,7 @@ def _leaf(key: str, value: np.ndarray, flax_module: str, field: str):
     return None
   if flax_module.split('/')[-1] in _LAYER_NORMS:
     return f'{flax_module}/scale', value
-  if flax_module == 'conv_proj':
-    if value.ndim != 4:
-      raise ValueError(f'{key}: expected a conv weight [O, I, kh, kw], got shape {value.shape}')
-    return 'conv_proj/kernel', value.transpose(2, 3, 1, 0)  # -> [kh, kw, I, O]
-  if value.ndim != 2:
-    raise ValueError(f'{key}: expected a linear weight [out, in], got shape {value.shape}')
-  return f'{flax_module}/kernel', value.T  # [out, in] -> [in, out]
+  return f'{flax_module}/kernel', torchvision.flax_kernel(value, key, 'conv' if flax_module == 'conv_proj' else 'dense')
 
 
 def _map_key(key: str, value: np.ndarray):

@@ -29,6 +29,7 @@ width, stage 1 (one block, 32 -> 16 channels) and stage 7 (one block,
 config.model.skip[i], rather than silently ignored.
 """
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -53,7 +54,7 @@ B0_SETTING = (
     (6, 3, 1, 192, 320, 1),
 )
 # torchvision's init: kaiming_normal_(mode='fan_out') for every conv (the squeeze-excitation 1x1 convs too) ...
-conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+conv_kernel_init = mobilenet.conv_kernel_init  # kaiming normal, fan_out (torchvision)
 # ... and U(-1/sqrt(out), 1/sqrt(out)) for the classifier: a uniform of variance scale/out has limit sqrt(3 scale/out).
 classifier_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_out', 'uniform')
 
@@ -99,31 +100,8 @@ def check_skip_fits(skip, block_setting, width_mult, depth_mult, field: str = 's
       )
 
 
-class ConvBNAct(nn.Module):
-  features: int  # Output channels.
-  kernel: int = 1  # Square kernel size; padded by (kernel - 1) // 2 on each side, as torchvision.
-  strides: int = 1
-  groups: int = 1  # Channel groups (= channels for the depthwise conv).
-  act: bool = True  # SiLU after BN (False for the linear projection).
-  norm: Any = nn.BatchNorm  # layers.batch_norm(train, dtype).
-  dtype: Any = jnp.float32  # Compute dtype.
-
-  @nn.compact
-  def __call__(self, x):
-    pad = (self.kernel - 1) // 2
-    x = nn.Conv(
-        self.features,
-        (self.kernel, self.kernel),
-        strides=(self.strides, self.strides),
-        padding=((pad, pad), (pad, pad)),
-        feature_group_count=self.groups,
-        use_bias=False,
-        kernel_init=conv_kernel_init,
-        dtype=self.dtype,
-        name='conv',
-    )(x)
-    x = self.norm(name='bn')(x)
-    return nn.silu(x) if self.act else x
+# conv -> BN -> SiLU (torchvision's Conv2dNormActivation with SiLU): MobileNetV2's block with another activation.
+ConvBNAct = functools.partial(mobilenet.ConvBN, activation=nn.silu)
 
 
 class SqueezeExcitation(nn.Module):

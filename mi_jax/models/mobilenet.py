@@ -9,7 +9,7 @@ mobilenetv2/skip.yaml) is a no-op;
 `build_model` refuses a non-1 setting there rather than silently ignore it.
 """
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -47,14 +47,21 @@ def groups_with_residual(width_mult: float = 1.0) -> tuple[bool, ...]:
   return tuple(out)
 
 
+def relu6(x):
+  return jnp.clip(x, 0.0, 6.0)
+
+
 class ConvBN(nn.Module):
-  features: int
-  kernel: int = 1
+  """torchvision's Conv2dNormActivation: conv (no bias, 'same' padding) -> BN -> activation."""
+
+  features: int  # Output channels.
+  kernel: int = 1  # Square kernel size; padded by (kernel - 1) // 2 on each side, as torchvision.
   strides: int = 1
-  groups: int = 1
-  act: bool = True  # ReLU6 after BN (False for the linear projection).
-  norm: Any = nn.BatchNorm
-  dtype: Any = jnp.float32
+  groups: int = 1  # Channel groups (= channels for a depthwise conv).
+  act: bool = True  # The activation after BN (False for the linear projection).
+  norm: Any = nn.BatchNorm  # layers.batch_norm(train, dtype).
+  dtype: Any = jnp.float32  # Compute dtype.
+  activation: Callable = relu6  # MobileNetV2's ReLU6; EfficientNet's SiLU.
 
   @nn.compact
   def __call__(self, x):
@@ -71,7 +78,7 @@ class ConvBN(nn.Module):
         name='conv',
     )(x)
     x = self.norm(name='bn')(x)
-    return jnp.clip(x, 0.0, 6.0) if self.act else x
+    return self.activation(x) if self.act else x
 
 
 class InvertedResidual(nn.Module):
