@@ -41,18 +41,9 @@ def grouped_bars(
     ax.set_xticks(x, groups, rotation=35, ha='right', fontsize=8)
   else:
     ax.set_xticks(x, groups)
-  ax.set_title(title)
-  ax.set_ylabel(ylabel)
   if log_scale:
     ax.set_yscale('log')
-  ax.legend(fontsize=8)
-  if note:
-    fig.text(0.01, 0.01, note, fontsize=7, color='0.35')
-  fig.tight_layout(rect=(0, 0.08 if note else 0, 1, 1))
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  fig.savefig(path)
-  plt.close(fig)
-  return path
+  return _finish(fig, ax, path, title, ylabel, note, note_height=0.08)
 
 
 def _error_bars(values: np.ndarray, intervals, positive: bool = False) -> np.ndarray:
@@ -82,13 +73,18 @@ def sweep_lines(
     ax.errorbar(x, values, yerr=_error_bars(values, intervals), marker='o', capsize=3, label=name)
   if integer_x:
     ax.set_xticks(x)
-  ax.set_title(title)
   ax.set_xlabel(xlabel)
+  return _finish(fig, ax, path, title, ylabel, note, note_height=0.06)
+
+
+def _finish(fig, ax, path: str, title: str, ylabel: str, note: str, note_height: float) -> str:
+  """Title, y label, legend and the grey note under the axes; writes the PNG to `path` and closes the figure."""
+  ax.set_title(title)
   ax.set_ylabel(ylabel)
   ax.legend(fontsize=8)
   if note:
     fig.text(0.01, 0.01, note, fontsize=7, color='0.35')
-  fig.tight_layout(rect=(0, 0.06 if note else 0, 1, 1))
+  fig.tight_layout(rect=(0, note_height if note else 0, 1, 1))
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   fig.savefig(path)
   plt.close(fig)
