@@ -613,7 +613,7 @@ def _cell(key: str, value) -> str:
     return f'{value:.2g}'
   value = _no_negative_zero(value + 0.0)
   if key == 'epoch':
-    return f'{value:g}'
+    return f'{value:.3g}'  # a mean over seeds: 4.33
   return f'{value:.2f}' if key != 'knn_dist_eval' or abs(value) < 1e4 else f'{value:.3g}'
 
 
