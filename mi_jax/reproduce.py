@@ -317,7 +317,8 @@ def attack_config(
 
 
 def _study_checkpoint(study) -> str:
-  """The target checkpoint a job config names before a matched step is known ('best' stands in for it)."""
+  """The checkpoint a job config names for study.checkpoint: the same, or 'best' for 'matched' (a target's
+  stand-in until its matched step is known; the evaluation model's choice)."""
   return 'best' if study.checkpoint == 'matched' else study.checkpoint
 
 
@@ -349,11 +350,6 @@ def _target_dir(train_dir: str, defense: str) -> str:
 def _load(path: str) -> dict:
   with open(path) as f:
     return json.load(f)
-
-
-def _steps_per_epoch(train_dir: str) -> int:
-  """Optimiser steps per epoch of the run in `train_dir` (its results.json)."""
-  return _load(os.path.join(train_dir, 'results.json'))['steps_per_epoch']
 
 
 def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -425,7 +421,7 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         step(
             f'{what} / {attack}: evaluate',
             os.path.join(attack_dir, 'evaluation.json'),
-            lambda: evaluate.evaluate_attack(attack_dir, eval_dir, metrics, _evaluation_checkpoint(study)),
+            lambda: evaluate.evaluate_attack(attack_dir, eval_dir, metrics, _study_checkpoint(study)),
         )
         runs.append(_run_row(arch, cell, attack, seed, target_dir, attack_dir))
 
@@ -455,11 +451,6 @@ def cell_directories(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
         directories[arch, cell.key, seed] = owners.setdefault(identity, own)
   return directories
-
-
-def _evaluation_checkpoint(study) -> str:
-  """The evaluation model's checkpoint: the study's choice, its best one for matched targets."""
-  return 'latest' if study.checkpoint == 'latest' else 'best'
 
 
 def _run_row(arch: str, cell: Cell, attack: str, seed: int, target_dir: str, attack_dir: str) -> dict:
