@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from mi_jax.gan64 import networks
 from mi_jax.models import layers
+from mi_jax.models import ops
 
 _UNIFORM_FAN_AVG = nn.initializers.xavier_uniform()  # the critic's init (xavier_uniform, gain 1)
 _UNIFORM_FAN_AVG_RELU = nn.initializers.variance_scaling(2.0, 'fan_avg', 'uniform')  # gain sqrt(2)
@@ -64,7 +65,7 @@ class GeneratorBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
     h = nn.relu(ConditionalBatchNorm(self.num_classes, self.train, name='cbn1')(x, y))
-    conv = lambda kernel, name: nn.Conv(
+    conv = lambda kernel, name: ops.Conv(
         self.features, (kernel, kernel), padding=kernel // 2, kernel_init=_TORCH_DEFAULT, name=name
     )
     h = conv(3, 'conv1')(upsample(h))
@@ -94,13 +95,13 @@ class ConditionalGenerator(nn.Module):
     for i in range(c.num_stages):
       x = GeneratorBlock(base // 2 ** (i + 1), c.num_classes, train, name=f'block{i}')(x, y)
     x = nn.relu(layers.batch_norm(train, jnp.float32)(name='bn')(x))
-    x = nn.Conv(c.img_channels, (1, 1), kernel_init=_TORCH_DEFAULT, name='to_image')(x)
+    x = ops.Conv(c.img_channels, (1, 1), kernel_init=_TORCH_DEFAULT, name='to_image')(x)
     assert x.shape[1:] == (c.resolution, c.resolution, c.img_channels), x.shape
     return jnp.tanh(x)
 
 
 def _sn_conv(features: int, kernel: int, init, name: str):
-  conv = nn.Conv(features, (kernel, kernel), padding=kernel // 2, kernel_init=init, name=name)
+  conv = ops.Conv(features, (kernel, kernel), padding=kernel // 2, kernel_init=init, name=name)
   return nn.SpectralNorm(conv, name=f'{name}_sn')
 
 

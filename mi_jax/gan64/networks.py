@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mi_jax.models import layers
+from mi_jax.models import ops
 
 LEAKY_SLOPE = 0.2  # the critics' LeakyReLU
 
@@ -95,7 +96,7 @@ class Generator(nn.Module):
 def _down_conv(features: int, kernel: int, name: str) -> nn.Conv:
   """torch Conv2d(k, stride=2, padding=k // 2): halves the side."""
   pad = kernel // 2
-  return nn.Conv(features, kernel_size=(kernel, kernel), strides=(2, 2), padding=((pad, pad), (pad, pad)), name=name)
+  return ops.Conv(features, kernel_size=(kernel, kernel), strides=(2, 2), padding=((pad, pad), (pad, pad)), name=name)
 
 
 def _instance_norm(name: str) -> nn.InstanceNorm:
@@ -116,7 +117,7 @@ class WGANCritic(nn.Module):
       x = _down_conv(c.width * 2**i, 5, f'conv{i}')(x)
       x = nn.leaky_relu(_instance_norm(f'norm{i}')(x), LEAKY_SLOPE)
     assert x.shape[1:3] == (4, 4), x.shape
-    x = nn.Conv(1, kernel_size=(4, 4), padding='VALID', name='score')(x)
+    x = ops.Conv(1, kernel_size=(4, 4), padding='VALID', name='score')(x)
     return x.reshape(-1)
 
 

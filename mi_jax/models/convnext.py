@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mi_jax.models import ops
 from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
@@ -25,7 +26,7 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, skip_scale, train: bool):
-    y = nn.Conv(
+    y = ops.Conv(
         self.dim,
         (7, 7),
         padding=((3, 3), (3, 3)),
@@ -58,7 +59,7 @@ class ConvNeXt(nn.Module):
     skip_lib.check_count(self.skip, len(self.depths))
     layer_norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
     x = jnp.asarray(x, self.dtype)
-    x = nn.Conv(
+    x = ops.Conv(
         self.dims[0],
         (4, 4),
         strides=(4, 4),
@@ -73,7 +74,7 @@ class ConvNeXt(nn.Module):
       skip_scale = skip_lib.stage_skip_scale(self, i + 1, self.skip[i], self.dtype)
       if i > 0:
         x = layer_norm(f'downsample{i}_norm')(x)
-        x = nn.Conv(
+        x = ops.Conv(
             self.dims[i],
             (2, 2),
             strides=(2, 2),

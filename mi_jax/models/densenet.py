@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mi_jax.models import layers
+from mi_jax.models import ops
 from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
@@ -36,7 +37,7 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
 def _conv(features, kernel, dtype, name):
   pad = kernel // 2
-  return nn.Conv(
+  return ops.Conv(
       features,
       (kernel, kernel),
       padding=((pad, pad), (pad, pad)),
@@ -114,7 +115,7 @@ class DenseNet(nn.Module):
     growth = self.width // 2 if self.width else self.growth_rate
     x = jnp.asarray(x, self.dtype)
     if self.stem == 'imagenet':
-      x = nn.Conv(
+      x = ops.Conv(
           self.width or self.num_init_features,
           (7, 7),
           strides=(2, 2),
@@ -125,7 +126,7 @@ class DenseNet(nn.Module):
           name='conv0',
       )(x)
       x = nn.relu(norm(name='norm0')(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = ops.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     elif self.stem == 'small':
       x = _conv(self.width or self.num_init_features, 3, self.dtype, 'conv0')(x)
       x = nn.relu(norm(name='norm0')(x))

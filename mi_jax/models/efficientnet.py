@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from mi_jax.models import layers
 from mi_jax.models import mobilenet
+from mi_jax.models import ops
 from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
@@ -112,7 +113,7 @@ class SqueezeExcitation(nn.Module):
   def __call__(self, x):
 
     def conv(features, name):  # torchvision's fc1/fc2 are 1x1 convs with bias
-      return nn.Conv(features, (1, 1), kernel_init=conv_kernel_init, dtype=self.dtype, name=name)
+      return ops.Conv(features, (1, 1), kernel_init=conv_kernel_init, dtype=self.dtype, name=name)
 
     scale = jnp.mean(x, axis=(1, 2), keepdims=True)
     scale = nn.silu(conv(self.squeeze, 'fc1')(scale))

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mi_jax.models import layers
+from mi_jax.models import ops
 from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
@@ -42,7 +43,7 @@ def _flatten_channel_major(x):
 
 def _conv(features: int, kernel: int, strides: int, use_bias: bool, dtype, name: str) -> nn.Conv:
   pad = kernel // 2
-  return nn.Conv(
+  return ops.Conv(
       features,
       (kernel, kernel),
       strides=(strides, strides),
@@ -85,7 +86,7 @@ class VGG16(nn.Module):
         x = _conv(c, 3, 1, True, self.dtype, f'feature_{index}')(x)
         x = nn.relu(norm(name=f'feature_{index + 1}')(x))
         index += 3
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = ops.max_pool(x, (2, 2), strides=(2, 2))
       index += 1
       if stage < 4:
         layers.sow_hidden(self, x)  # BiDO's VGG16 features: the first four blocks' outputs, then the final one

@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mi_jax.models import ops
 from mi_jax.models.inception import BasicConv, max_pool_3x3
 
 
@@ -29,7 +30,7 @@ class Block35(nn.Module):
     b2 = c(32, (1, 1), name='branch2_0')(x)
     b2 = c(32, (3, 3), padding=(1, 1), name='branch2_1')(b2)
     b2 = c(32, (3, 3), padding=(1, 1), name='branch2_2')(b2)
-    up = nn.Conv(256, (1, 1), dtype=x.dtype, name='conv2d')(jnp.concatenate([b0, b1, b2], axis=-1))
+    up = ops.Conv(256, (1, 1), dtype=x.dtype, name='conv2d')(jnp.concatenate([b0, b1, b2], axis=-1))
     return nn.relu(up * self.scale + x)
 
 
@@ -46,7 +47,7 @@ class Block17(nn.Module):
     b1 = c(128, (1, 1), name='branch1_0')(x)
     b1 = c(128, (1, 7), padding=(0, 3), name='branch1_1')(b1)
     b1 = c(128, (7, 1), padding=(3, 0), name='branch1_2')(b1)
-    up = nn.Conv(896, (1, 1), dtype=x.dtype, name='conv2d')(jnp.concatenate([b0, b1], axis=-1))
+    up = ops.Conv(896, (1, 1), dtype=x.dtype, name='conv2d')(jnp.concatenate([b0, b1], axis=-1))
     return nn.relu(up * self.scale + x)
 
 
@@ -64,7 +65,7 @@ class Block8(nn.Module):
     b1 = c(192, (1, 1), name='branch1_0')(x)
     b1 = c(192, (1, 3), padding=(0, 1), name='branch1_1')(b1)
     b1 = c(192, (3, 1), padding=(1, 0), name='branch1_2')(b1)
-    up = nn.Conv(1792, (1, 1), dtype=x.dtype, name='conv2d')(jnp.concatenate([b0, b1], axis=-1))
+    up = ops.Conv(1792, (1, 1), dtype=x.dtype, name='conv2d')(jnp.concatenate([b0, b1], axis=-1))
     out = up * self.scale + x
     return nn.relu(out) if self.relu else out
 

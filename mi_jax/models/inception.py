@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mi_jax.models import ops
 from mi_jax.models import registry
 
 BN_EPSILON = 1e-3  # torchvision BasicConv2d
@@ -58,7 +59,7 @@ class BasicConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     ph, pw = self.padding
-    x = nn.Conv(
+    x = ops.Conv(
         self.features,
         tuple(self.kernel),
         strides=(self.strides, self.strides),
@@ -78,7 +79,7 @@ def _avg_pool_3x3(x, count_include_pad: bool):
 
 
 def max_pool_3x3(x, stride: int, pad: int = 0):
-  return nn.max_pool(x, (3, 3), strides=(stride, stride), padding=((pad, pad), (pad, pad)))
+  return ops.max_pool(x, (3, 3), strides=(stride, stride), padding=((pad, pad), (pad, pad)))
 
 
 class InceptionA(nn.Module):

@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mi_jax.models import ops
 from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
@@ -209,7 +210,7 @@ class MBConv(nn.Module):
     norm = lambda name: nn.BatchNorm(
         use_running_average=not train, momentum=1.0 - self.bn_momentum, epsilon=BN_EPSILON, dtype=self.dtype, name=name
     )
-    conv = lambda features, kernel=1, name=None, **kw: nn.Conv(
+    conv = lambda features, kernel=1, name=None, **kw: ops.Conv(
         features, (kernel, kernel), kernel_init=weight_init, dtype=self.dtype, name=name, **kw
     )
     shortcut = x
@@ -343,7 +344,7 @@ class MaxViT(nn.Module):
     )
     self._check_input_size(x.shape[1], x.shape[2])
     x = jnp.asarray(x, self.dtype)
-    x = nn.Conv(
+    x = ops.Conv(
         self.stem_channels,
         (3, 3),
         strides=(2, 2),
@@ -360,7 +361,7 @@ class MaxViT(nn.Module):
         dtype=self.dtype,
         name='stem_bn',
     )(x)
-    x = nn.Conv(
+    x = ops.Conv(
         self.stem_channels,
         (3, 3),
         padding=((1, 1), (1, 1)),

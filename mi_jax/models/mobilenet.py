@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mi_jax.models import layers
+from mi_jax.models import ops
 from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
@@ -66,7 +67,7 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x):
     pad = (self.kernel - 1) // 2
-    x = nn.Conv(
+    x = ops.Conv(
         self.features,
         (self.kernel, self.kernel),
         strides=(self.strides, self.strides),

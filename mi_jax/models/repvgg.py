@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mi_jax.models import layers
+from mi_jax.models import ops
 from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
@@ -29,7 +30,7 @@ BN_EPSILON = layers.BN_EPSILON
 
 def _conv(features, kernel, strides, use_bias, dtype, name):
   pad = kernel // 2
-  return nn.Conv(
+  return ops.Conv(
       features,
       (kernel, kernel),
       strides=(strides, strides),

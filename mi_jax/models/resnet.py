@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mi_jax.models import layers
+from mi_jax.models import ops
 from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
@@ -41,7 +42,7 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 def _conv(features, kernel, strides=1, dtype=jnp.float32, name=None):
   pad = kernel // 2
-  return nn.Conv(
+  return ops.Conv(
       features,
       (kernel, kernel),
       strides=(strides, strides),
@@ -120,7 +121,7 @@ class ResNet(nn.Module):
     if self.stem == 'imagenet':
       x = _conv(self.width, 7, 2, dtype=self.dtype, name='conv1')(x)
       x = nn.relu(norm(name='bn1')(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = ops.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     elif self.stem == 'small':
       x = _conv(self.width, 3, 1, dtype=self.dtype, name='conv1')(x)
       x = nn.relu(norm(name='bn1')(x))

@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mi_jax.models import ops
 from mi_jax.models import registry
 from mi_jax.models import skip as skip_lib
 
@@ -148,7 +149,7 @@ class VisionTransformer(nn.Module):
       raise ValueError(f'input of {height}x{width} px: not divisible by the patch size {self.patch_size}')
     x = jnp.asarray(x, self.dtype)
     # torchvision: trunc_normal_(std=sqrt(1 / fan_in)) cut at +-2 absolute, i.e. ~50 std: a plain normal.
-    x = nn.Conv(
+    x = ops.Conv(
         self.hidden_dim,
         (self.patch_size, self.patch_size),
         strides=(self.patch_size, self.patch_size),
