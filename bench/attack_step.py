@@ -11,6 +11,7 @@ multi-GPU host it is the scaling). The devices are forced with XLA_FLAGS before 
 """
 
 import os
+from typing import Callable, NamedTuple
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 
@@ -48,20 +49,34 @@ SETUPS = {
 }
 
 
-def build_world(setup, steps):
-  """(generator G, its variables, classify(x, perturbations), zeros(batch), settings): random weights for a setup."""
+class World(NamedTuple):
+  """A random generator and target: what every attack step of a setup is built from."""
+
+  G: networks.Generator
+  gen_vars: dict
+  classify: Callable  # (x, perturbations) -> logits
+  zeros: Callable  # batch -> the target's perturbation zeros
+  settings: optimize.OptimizeSettings
+
+
+def build_world(setup, steps, dtype=jnp.float32) -> World:
+  """Random weights for a setup; `dtype` is the generator's compute dtype.
+
+  The target is a ResNet-18 unless the setup names another model ('model', 'stem', 'num_classes').
+  """
   gen_config = networks.GeneratorConfig(**setup['gen'])
-  G = networks.Generator(gen_config)
-  gen_vars = jax.jit(G.init)(jax.random.key(0), jnp.zeros((1, gen_config.z_dim)))
+  G = networks.Generator(gen_config, dtype=dtype)
+  with jax.threefry_partitionable(False):  # compiles several times faster on XLA:CPU (models.init_variables)
+    gen_vars = jax.jit(G.init)(jax.random.key(0), jnp.zeros((1, gen_config.z_dim)))
   channels = gen_config.img_channels
   model = models.build_model(
       ml_collections.ConfigDict(
           dict(
-              name='resnet18',
-              num_classes=10,
-              skip=(1, 1, 1, 1),
+              name=setup.get('model', 'resnet18'),
+              num_classes=setup.get('num_classes', 10),
+              skip=(1,) * models.num_skip_stages(setup.get('model', 'resnet18')),
               width=setup['width'],
-              stem='small',
+              stem=setup.get('stem', 'small'),
               dtype='float32',
               skip_mode='truncate',
           )
@@ -72,12 +87,16 @@ def build_world(setup, steps):
   settings = optimize.OptimizeSettings(steps=steps, center_crop=setup['crop'], input_size=setup['size'])
   classify = lambda x, p: model.apply({**variables, 'perturbations': p}, x, train=False)
   zeros = ppa.perturbation_zeros(model, variables, setup['size'], channels)
-  return G, gen_vars, classify, zeros, settings
+  return World(G, gen_vars, classify, zeros, settings)
 
 
-def build(setup, num_devices, batch, steps):
-  """(jitted PPA optimisation, its arguments) for a setup: random generator and ResNet-18 target."""
-  G, gen_vars, classify, zeros, settings = build_world(setup, steps)
+def build(setup, num_devices, batch, steps, world: World | None = None):
+  """(jitted PPA optimisation, its arguments) for a setup: random generator and target.
+
+  `world` (build_world's) reuses one generator and target for several batch sizes; its settings then
+  replace `steps`.
+  """
+  G, gen_vars, classify, zeros, settings = world if world is not None else build_world(setup, steps)
   gen_config = G.config
   synthesize = lambda w: G.apply(gen_vars, w[:, None], method=G.synthesize)
   mesh = sharding.make_mesh(num_devices)

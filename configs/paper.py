@@ -29,6 +29,9 @@ Demo, the same matrix for a narrow ResNet-18 and DenseNet-121 on the bundled MNI
 
   python launch.py --config=configs/paper.py:demo --workdir=workdir/paper_demo
 
+On a cluster, one task per cell (scripts/slurm/study.sh): `--config.study.tasks=list` prints the tasks;
+`evaluation`, then an sbatch array with `slurm`, then `gather` builds the table.
+
 The paper's ablations, each a figure against the swept value (`:sweeps=stage_removal`, `ssf_k`,
 `tts_switch`, or several joined with '+'; with `demo` for the digits):
 
@@ -147,6 +150,10 @@ def get_config(arg=None):
   # inception_v3_facescrub.pt, as the RoLSS code attacks with); 'train': trained here by PPA's recipe.
   config.study.evaluation_model = 'import'
   config.study.evaluation_data = ''  # The evaluation model's data set (its name); '' = the targets'.
+  # What this process runs: 'all' (everything, then the table), or fanned out over a cluster (scripts/slurm/):
+  # 'evaluation' (the evaluation model, first), a task index 'i' or slice 'i:j', 'slurm' (SLURM array task i of n
+  # runs tasks i, i+n, ...), then 'gather' (the table from the finished tasks). 'list' prints the tasks.
+  config.study.tasks = 'all'
 
   # Shared by every target: data, model size (num_classes, width, stem, dtype), optimiser, schedule and the
   # BiDO weights of the BiDO rows. Its job, seed, model.name, skip, init_file and batch size are set per cell.

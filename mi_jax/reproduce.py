@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 
 from absl import logging
@@ -192,6 +193,12 @@ def validate_config(config: ml_collections.ConfigDict):
         'generator_job that trains one per target',
     )
   evaluate.validate_metrics(config.metrics)
+  task_count = len(study_tasks(config, ''))
+  try:
+    selected_tasks(study.tasks, task_count, {})
+  except ValueError as e:
+    if 'SLURM_ARRAY_TASK_ID' not in str(e):  # the array's variables exist only in its tasks
+      config_checks.check_field(False, 'study.tasks', study.tasks, str(e))
 
 
 CHECKPOINT_CHOICES = ('best', 'latest', 'matched')
@@ -352,23 +359,75 @@ def _load(path: str) -> dict:
     return json.load(f)
 
 
-def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Runs (or finishes) the study in `workdir`; launch.py has validated `config` (validate_config).
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """The work of one cell directory, a unit of the fan-out: train its target, then each attack and its
+  evaluation. Cells that share the directory (identical training configs) are done by its first cell's task."""
 
-  Returns the table's rows (one per architecture, cell and attack, over the seeds); results.json also
-  keeps every seed's row (`runs`)."""
-  study, seeds = config.study, seeds_of(config)
-  cells = [(a, c) for a in study.architectures for c in study_cells(config, a)]
-  cell_dirs = cell_directories(config, workdir)
+  arch: str
+  cell: Cell
+  seed: int
+  directory: str
+
+
+def study_tasks(config: ml_collections.ConfigDict, workdir: str) -> list[Task]:
+  """The study's tasks in matrix order (architecture, cell, seed): one per distinct cell directory."""
+  tasks = {}
+  for (arch, key, seed), directory in cell_directories(config, workdir).items():
+    cell = next(c for c in study_cells(config, arch) if c.key == key)
+    tasks.setdefault(directory, Task(arch, cell, seed, directory))
+  return list(tasks.values())
+
+
+TASK_CHOICES = "'all', 'evaluation', 'gather', 'list', 'slurm', an index i or a slice i:j of the tasks"
+
+
+def selected_tasks(tasks: str, count: int, environ) -> range:
+  """The task indices study.tasks names: an index 'i', a slice 'i:j', or 'slurm' (SLURM array task i of n
+  runs tasks i, i+n, i+2n, ...: an array of any size covers the study). Raises ValueError naming the problem."""
+  if tasks == 'all':
+    return range(count)
+  if tasks in ('evaluation', 'gather', 'list'):
+    return range(0)
+  if tasks == 'slurm':
+    if 'SLURM_ARRAY_TASK_ID' not in environ:
+      raise ValueError(
+          "study.tasks='slurm' reads SLURM_ARRAY_TASK_ID, which is not set: run it in an sbatch --array job"
+      )
+    index = int(environ['SLURM_ARRAY_TASK_ID']) - int(environ.get('SLURM_ARRAY_TASK_MIN', 0))
+    return range(index, count, int(environ.get('SLURM_ARRAY_TASK_COUNT', count)))
+  if not re.fullmatch(r'\d+(:\d+)?', tasks):
+    raise ValueError(f'expected {TASK_CHOICES}')
+  start, _, stop = tasks.partition(':')
+  chosen = range(int(start), int(stop) if stop else int(start) + 1)
+  if not chosen or chosen.stop > count:
+    raise ValueError(f'the study has {count} tasks (0 to {count - 1}): {tasks!r} is not among them')
+  return chosen
+
+
+def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Runs (or finishes) the part of the study that study.tasks names in `workdir`; launch.py has validated
+  `config` (validate_config).
+
+  'all' (the default) trains the evaluation model, runs every task and writes the table. Fanned out
+  (scripts/slurm/): 'evaluation' trains the evaluation model, which every task's evaluation needs, an index,
+  slice or 'slurm' runs those tasks, and 'gather' builds the table and figures from the finished tasks and
+  lists the missing ones. 'list' logs the tasks. Returns the table's rows (one per architecture, cell and
+  attack, over the seeds; none for a task run); results.json also keeps every seed's row (`runs`)."""
+  study = config.study
+  tasks = study_tasks(config, workdir)
+  eval_dir = os.path.join(workdir, 'evaluation_model')
+  if study.tasks == 'list':
+    logging.info('The study has %d tasks:\n%s', len(tasks), '\n'.join(_task_lines(tasks, workdir)))
+    return []
+  chosen = [tasks[i] for i in selected_tasks(study.tasks, len(tasks), os.environ)]
   per_target_generators = sum('generator_job' in config.attacks[a] for a in study.attacks)
-  total_jobs = 1 + len(set(cell_dirs.values())) * (1 + (2 + per_target_generators) * len(study.attacks))
-  started, done_jobs, done_paths = time.time(), 0, set()
+  trains_evaluation = study.tasks in ('all', 'evaluation')
+  total_jobs = trains_evaluation + len(chosen) * (1 + (2 + per_target_generators) * len(study.attacks))
+  started, done_jobs = time.time(), 0
 
   def step(what: str, path: str, run):
     nonlocal done_jobs
-    if path in done_paths:  # a shared cell's work, counted once
-      return
-    done_paths.add(path)
     done_jobs += 1
     if os.path.exists(path):
       logging.info('[%d/%d] %s: done earlier (%s)', done_jobs, total_jobs, what, path)
@@ -377,56 +436,33 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     logging.info('[%d/%d] %s | elapsed %s', done_jobs, total_jobs, what, reporting.format_duration(elapsed))
     run()
 
-  eval_dir = os.path.join(workdir, 'evaluation_model')
-  step(
-      f'evaluation model ({study.evaluation_model})',
-      os.path.join(eval_dir, 'results.json'),
-      lambda: jobs.run(evaluation_config(config), eval_dir),
-  )
-  metrics = ml_collections.ConfigDict(config.metrics.to_dict())
-  metrics.cache_dir = metrics.cache_dir or os.path.join(workdir, 'cache')
+  if trains_evaluation:
+    step(
+        f'evaluation model ({study.evaluation_model})',
+        os.path.join(eval_dir, 'results.json'),
+        lambda: jobs.run(evaluation_config(config), eval_dir),
+    )
+  elif chosen and not os.path.exists(os.path.join(eval_dir, 'results.json')):
+    raise FileNotFoundError(
+        f'{eval_dir} holds no trained evaluation model, which every task evaluates its attacks with: run '
+        "study.tasks='evaluation' first (scripts/slurm/study.sh makes the task array wait for it)"
+    )
+  for task in chosen:
+    logging.info('Task %d of %d: %s', tasks.index(task), len(tasks), _task_name(task, config))
+    run_task(config, task, eval_dir, step)
+  if study.tasks not in ('all', 'gather'):
+    logging.info('Done in %s: %d task(s).', reporting.format_duration(time.time() - started), len(chosen))
+    return []
 
-  runs = []
-  for arch, cell in cells:
-    for seed in seeds:
-      cell_dir = cell_dirs[arch, cell.key, seed]
-      what = f'{arch} / {cell.label}' + (f' / seed {seed}' if len(seeds) > 1 else '')
-      train_dir = os.path.join(cell_dir, 'train')
-      target_dir = _target_dir(train_dir, cell.defense)
-      train_config = row_config(config, arch, cell, seed)
-      step(f'{what}: train', os.path.join(train_dir, 'results.json'), lambda: jobs.run(train_config, train_dir))
-      checkpoint = study.checkpoint
-      if checkpoint == 'matched':
-        checkpoint = str(matched_step(target_dir, study.match_accuracy))
-      for attack in study.attacks:
-        attack_dir = os.path.join(cell_dir, attack)
-        generator_dir = ''
-        generator_job = generator_config(config, attack, target_dir, checkpoint)
-        if generator_job is not None:
-          generator_job.seed = seed
-          gan_workdir = os.path.join(cell_dir, f'{attack}_generator')
-          step(
-              f'{what} / {attack}: generator',
-              os.path.join(gan_workdir, 'results.json'),
-              lambda: jobs.run(generator_job, gan_workdir),
-          )
-          generator_dir = os.path.join(gan_workdir, GENERATOR_EXPORT)
-        attack_job = attack_config(config, attack, target_dir, generator_dir, checkpoint)
-        attack_job.seed = seed
-        step(
-            f'{what} / {attack}: attack',
-            os.path.join(attack_dir, 'attack.json'),
-            lambda: jobs.run(attack_job, attack_dir),
-        )
-        step(
-            f'{what} / {attack}: evaluate',
-            os.path.join(attack_dir, 'evaluation.json'),
-            lambda: evaluate.evaluate_attack(attack_dir, eval_dir, metrics, _study_checkpoint(study)),
-        )
-        runs.append(_run_row(arch, cell, attack, seed, target_dir, attack_dir))
-
+  runs, missing = gather(config, workdir)
+  if missing:
+    logging.warning(
+        'The table leaves out %d unfinished task(s) (run them, then gather again):\n%s',
+        len(missing),
+        '\n'.join(_task_lines(missing, workdir, tasks)),
+    )
   rows = summarise(runs)
-  write_table(workdir, rows, config, runs)
+  write_table(workdir, rows, config, runs, missing=[_task_name(t, config) for t in missing])
   write_figures(workdir, rows, config)
   logging.info(
       'Study done in %s:\n%s',
@@ -434,6 +470,71 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       markdown_table(rows, _columns(study, num_classes=config.classifier.model.num_classes)),
   )
   return rows
+
+
+def _task_name(task: Task, config: ml_collections.ConfigDict) -> str:
+  return f'{task.arch} / {task.cell.label}' + (f' / seed {task.seed}' if len(seeds_of(config)) > 1 else '')
+
+
+def _task_lines(listed: list[Task], workdir: str, tasks: list[Task] | None = None) -> list[str]:
+  tasks = tasks or listed
+  return [f'  {tasks.index(t):>3}  {os.path.relpath(t.directory, workdir)}' for t in listed]
+
+
+def run_task(config: ml_collections.ConfigDict, task: Task, eval_dir: str, step):
+  """Trains the task's target, then for each attack its generator (when trained per target), the attack and its
+  evaluation; each step is skipped when its output exists (`step(what, output path, run)`)."""
+  study, cell, seed = config.study, task.cell, task.seed
+  what = f'{task.arch} / {cell.label}' + (f' / seed {seed}' if len(seeds_of(config)) > 1 else '')
+  train_dir = os.path.join(task.directory, 'train')
+  target_dir = _target_dir(train_dir, cell.defense)
+  train_config = row_config(config, task.arch, cell, seed)
+  step(f'{what}: train', os.path.join(train_dir, 'results.json'), lambda: jobs.run(train_config, train_dir))
+  checkpoint = study.checkpoint
+  if checkpoint == 'matched':
+    checkpoint = str(matched_step(target_dir, study.match_accuracy))
+  metrics = ml_collections.ConfigDict(config.metrics.to_dict())
+  metrics.cache_dir = metrics.cache_dir or os.path.join(os.path.dirname(eval_dir), 'cache')
+  for attack in study.attacks:
+    attack_dir = os.path.join(task.directory, attack)
+    generator_dir = ''
+    generator_job = generator_config(config, attack, target_dir, checkpoint)
+    if generator_job is not None:
+      generator_job.seed = seed
+      gan_workdir = os.path.join(task.directory, f'{attack}_generator')
+      step(
+          f'{what} / {attack}: generator',
+          os.path.join(gan_workdir, 'results.json'),
+          lambda: jobs.run(generator_job, gan_workdir),
+      )
+      generator_dir = os.path.join(gan_workdir, GENERATOR_EXPORT)
+    attack_job = attack_config(config, attack, target_dir, generator_dir, checkpoint)
+    attack_job.seed = seed
+    step(
+        f'{what} / {attack}: attack', os.path.join(attack_dir, 'attack.json'), lambda: jobs.run(attack_job, attack_dir)
+    )
+    step(
+        f'{what} / {attack}: evaluate',
+        os.path.join(attack_dir, 'evaluation.json'),
+        lambda: evaluate.evaluate_attack(attack_dir, eval_dir, metrics, _study_checkpoint(study)),
+    )
+
+
+def gather(config: ml_collections.ConfigDict, workdir: str) -> tuple[list[dict], list[Task]]:
+  """Every seed's row of the finished tasks (matrix order; a shared directory's rows under each of its cells)
+  and the tasks not finished (some attack not evaluated yet)."""
+  cell_dirs, runs, missing = cell_directories(config, workdir), [], []
+  owners = {t.directory: t for t in study_tasks(config, workdir)}
+  for (arch, key, seed), directory in cell_dirs.items():
+    cell = next(c for c in study_cells(config, arch) if c.key == key)
+    attack_dirs = {a: os.path.join(directory, a) for a in config.study.attacks}
+    if not all(os.path.exists(os.path.join(d, 'evaluation.json')) for d in attack_dirs.values()):
+      if owners[directory] not in missing:
+        missing.append(owners[directory])
+      continue
+    target_dir = _target_dir(os.path.join(directory, 'train'), cell.defense)
+    runs.extend(_run_row(arch, cell, a, seed, target_dir, d) for a, d in attack_dirs.items())
+  return runs, missing
 
 
 def cell_directories(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -636,7 +737,9 @@ def _columns(study, columns=COLUMNS, num_classes: int = 0):
   return columns[:2] + (('attack', 'Attack'),) + columns[2:]
 
 
-def write_table(workdir: str, rows: list[dict], config: ml_collections.ConfigDict, runs: list[dict] = ()):
+def write_table(
+    workdir: str, rows: list[dict], config: ml_collections.ConfigDict, runs: list[dict] = (), missing: list[str] = ()
+):
   fid = '; '.join(FID_CONVENTIONS.get(f, f) for f in sorted({r.get('fid_features', '') for r in rows}))
   seeds = seeds_of(config)
   if len(seeds) > 1:
@@ -670,6 +773,7 @@ def write_table(workdir: str, rows: list[dict], config: ml_collections.ConfigDic
     f.write(
         f'{markdown_table(rows, _columns(config.study, num_classes=num_classes))}\n\n'
         f'{markdown_table(rows, _columns(config.study, PRDC_COLUMNS))}\n\n{note}\n'
+        + (f'\n**Not finished, left out of the table:** {"; ".join(missing)}.\n' if missing else '')
     )
   intervals = [k for k, _ in _columns(config.study) if k.endswith('_ci')]
   keys = (
@@ -686,7 +790,8 @@ def write_table(workdir: str, rows: list[dict], config: ml_collections.ConfigDic
       flat['seeds'] = ' '.join(map(str, r.get('seeds', ())))
       writer.writerow([flat.get(k, '') for k in keys])
   reporting.write_json(
-      os.path.join(workdir, 'results.json'), {'rows': rows, 'runs': list(runs), 'study': reporting.config_json(config)}
+      os.path.join(workdir, 'results.json'),
+      {'rows': rows, 'runs': list(runs), 'missing': list(missing), 'study': reporting.config_json(config)},
   )
 
 
@@ -703,6 +808,11 @@ def write_figures(workdir: str, rows: list[dict], config: ml_collections.ConfigD
           defenses.DEFENSES[d].label: os.path.join(directories[arch, d, first_seed], attack)
           for d in config.study.defenses
       }
+      attack_dirs = {  # a gather before every task finished plots the finished ones
+          label: path for label, path in attack_dirs.items() if os.path.exists(os.path.join(path, 'attack.json'))
+      }
+      if not attack_dirs:
+        continue
       name = f'gradient_flow_{arch}_{attack}.png' if several_attacks else f'gradient_flow_{arch}.png'
       gradient_flow.plot_gradient_flow(
           os.path.join(figures, name),

@@ -5,6 +5,9 @@ import csv
 import json
 import math
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +25,9 @@ from mi_jax.data import augment
 from mi_jax.metrics import evaluate, scores
 from mi_jax.train import checkpoint
 from mi_jax.stylegan import networks, save_generator
+
+from conftest import REPO_ROOT
+from test_reliability import _env, _launch_processes
 
 GEN = networks.GeneratorConfig(
     z_dim=8, w_dim=8, img_resolution=16, img_channels=1, mapping_layers=2, channel_base=64, channel_max=8
@@ -530,3 +536,196 @@ def test_cpu_preset_has_the_power_the_demo_lacks():
   directories = reproduce.cell_directories(config, '/study')
   assert len(set(directories.values())) == 2 * 6 * 3
   assert directories['densenet121', 'rolss', 2] == '/study/densenet121/rolss/seed2'
+
+
+def _launch_overrides(config: ml_collections.ConfigDict, prefix: str = 'config') -> list[str]:
+  """absl flags setting every field of `config` (nested sections become dotted names)."""
+  flags = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flags += _launch_overrides(value, f'{prefix}.{key}')
+    else:
+      flags.append(f'--{prefix}.{key}={value!r}' if isinstance(value, tuple) else f'--{prefix}.{key}={value}')
+  return flags
+
+
+def _tiny_study_flags(config: ml_collections.ConfigDict, workdir, tasks: str, num_devices: int = 1) -> list[str]:
+  """launch.py's arguments for the study in `config` (a tiny_study_config) as overrides of the demo preset."""
+  small = {'model': {'width': 4}, 'train': {'batch_size': 32}}
+  attack = config.attacks.ppa.attack
+  fields = ('search_space_size', 'num_candidates', 'batch_size', 'steps', 'truncation_cutoff', 'final_samples')
+  overrides = {
+      'num_devices': num_devices,
+      'study': {'tasks': tasks, 'architectures': config.study.architectures, 'defenses': config.study.defenses},
+      'classifier': {'data': config.classifier.data.to_dict(), **small},
+      'evaluation_model': {'data': config.evaluation_model.data.to_dict(), **small},
+      'attacks': {
+          'ppa': {
+              'generator': {'dir': config.attacks.ppa.generator.dir},
+              'attack': {k: attack[k] for k in fields + ('final_iterations',)},
+          }
+      },
+      'analysis': {'repvgg': ''},
+  }
+  return [
+      '--config=configs/paper.py:demo,epochs=2',
+      f'--workdir={workdir}',
+      *_launch_overrides(ml_collections.ConfigDict(overrides)),
+  ]
+
+
+def _flat(tree, prefix: str = '') -> dict:
+  """{'a.b': leaf} of nested dicts (pytest.approx compares flat ones)."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  return {k: v for key, value in tree.items() for k, v in _flat(value, f'{prefix}.{key}' if prefix else key).items()}
+
+
+def _launch_study(config, workdir, tasks: str, num_devices: int = 1, **env) -> str:
+  """launch.py running `tasks` of the study in one process with `num_devices` CPU devices; its log."""
+  result = subprocess.run(
+      [sys.executable, 'launch.py', *_tiny_study_flags(config, workdir, tasks)],
+      cwd=REPO_ROOT,
+      env=_env(num_devices, **env),
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
+  assert result.returncode == 0, f'study.tasks={tasks}:\n{result.stderr[-3000:]}'
+  return result.stderr
+
+
+# sbatch for scripts/slurm/study.sh: logs its arguments, runs the --wrap command (an --array's tasks one after
+# the other, with SLURM's array variables) and prints a job id, as --parsable does.
+FAKE_SBATCH = r"""#!/bin/bash
+array=; wrap=
+for arg in "$@"; do case $arg in --array=*) array=${arg#--array=};; --wrap=*) wrap=${arg#--wrap=};; esac; done
+echo "$@" >> "$SBATCH_LOG"
+if [[ -n $array ]]; then
+  first=${array%-*}; last=${array#*-}
+  for i in $(seq "$first" "$last"); do
+    SLURM_ARRAY_TASK_ID=$i SLURM_ARRAY_TASK_MIN=$first SLURM_ARRAY_TASK_COUNT=$((last - first + 1)) \
+      bash -c "$wrap" 1>&2 || exit 1
+  done
+else
+  bash -c "$wrap" 1>&2 || exit 1
+fi
+wc -l < "$SBATCH_LOG"
+"""
+
+
+@pytest.mark.slow
+def test_a_study_fanned_out_by_the_slurm_script_gathers_the_single_process_table(tiny_study, tmp_path):
+  """scripts/slurm/study.sh (sbatch faked: each job runs at once, in its own process): the evaluation model, an
+  array task per cell, then the gather; its table and every seed's row equal those of one process running the
+  whole study."""
+  config = tiny_study[0]
+  single, fanned = tmp_path / 'single', tmp_path / 'fanned'
+  _launch_study(config, single, 'all')  # in a process like the others: pytest's own has 8 devices, whose sums differ
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'sbatch').write_text(FAKE_SBATCH)
+  (bin_dir / 'sbatch').chmod(0o755)
+  flags = _tiny_study_flags(config, fanned, 'all')
+  overrides = [f for f in flags if f.startswith('--config.') and not f.startswith('--config.study.tasks')]
+  env = _env(1, SBATCH_LOG=str(tmp_path / 'sbatch.log'), STUDY_CONFIG=flags[0].split('=', 1)[1])
+  env['PATH'] = os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable), os.environ['PATH']])
+  result = subprocess.run(
+      ['bash', 'scripts/slurm/study.sh', str(fanned), *overrides],
+      cwd=REPO_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=1200,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'The study has 2 tasks.' in result.stdout
+  jobs_submitted = (tmp_path / 'sbatch.log').read_text().splitlines()
+  assert [j.split('--job-name=')[1].split()[0] for j in jobs_submitted] == ['mi-eval', 'mi-cells', 'mi-gather']
+  assert '--array=0-1 --dependency=afterok:1' in jobs_submitted[1] and '--dependency=afterany:2' in jobs_submitted[2]
+  with open(single / 'results.json') as f:
+    expected = json.load(f)
+  with open(fanned / 'results.json') as f:
+    gathered = json.load(f)
+  assert gathered['missing'] == [] and len(gathered['runs']) == 2
+  assert gathered['rows'] == expected['rows'] and gathered['runs'] == expected['runs']
+  assert (single / 'results.md').read_text() == (fanned / 'results.md').read_text()
+
+
+@pytest.mark.slow
+def test_a_study_task_on_two_processes_equals_one_process_with_two_devices(tiny_study, tmp_path):
+  """A fanned-out cell's attack and evaluation by two processes (one device each, as on two nodes) equal one
+  process's over two devices, to float rounding (the cross-process sums add in another order: 4e-7 relative seen
+  in confidences, the same images chosen), and only process 0 writes. Both start from the same trained target: 2
+  epochs amplify that rounding to 4e-4 in the test loss (training across processes is tested in test_reliability).
+  """
+  config = tiny_study[0]
+  one, two = tmp_path / 'one_process', tmp_path / 'two_processes'
+  _launch_study(config, one, 'evaluation')
+  _launch_study(config, one, '0', num_devices=2)
+  shutil.copytree(one / 'evaluation_model', two / 'evaluation_model')
+  shutil.copytree(one / 'resnet18' / 'none' / 'train', two / 'resnet18' / 'none' / 'train')
+  results = _launch_processes(_tiny_study_flags(config, two, '0', num_devices=0))
+  for i, result in enumerate(results):
+    assert result.returncode == 0, f'process {i}:\n{result.stderr[-3000:]}'
+    assert 'resnet18 / No defense / ppa: attack' in result.stderr
+  for name in ('attack.json', 'evaluation.json'):
+    with open(one / 'resnet18' / 'none' / 'ppa' / name) as f, open(two / 'resnet18' / 'none' / 'ppa' / name) as g:
+      expected, got = json.load(f), json.load(g)
+    expected.pop('settings', None), got.pop('settings', None)  # num_devices: 2 against 0 (every device)
+    assert _flat(got) == pytest.approx(_flat(expected), rel=1e-5, nan_ok=True), name
+  arrays = sorted(os.path.relpath(p, one / 'resnet18') for p in (one / 'resnet18').rglob('*.npz'))
+  assert 'none/ppa/evaluation.npz' in arrays
+  for name in arrays:
+    with np.load(one / 'resnet18' / name) as a, np.load(two / 'resnet18' / name) as b:
+      assert sorted(a) == sorted(b)
+      for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=f'{name}: {key}')
+  written = lambda root: sorted(os.path.relpath(os.path.join(d, n), root) for d, _, ns in os.walk(root) for n in ns)
+  assert written(two / 'resnet18') == written(one / 'resnet18')
+
+
+def test_study_tasks_are_listed_and_need_the_evaluation_model_first(tiny_study, tmp_path, caplog):
+  config, _, _ = tiny_study
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.study.tasks = 'list'
+  with caplog.at_level('INFO'):
+    assert jobs.run(config, str(tmp_path)) == []
+  assert (
+      'The study has 2 tasks' in caplog.text and '0  resnet18/none' in caplog.text and '1  resnet18/tts' in caplog.text
+  )
+  config.study.tasks = '1'
+  with pytest.raises(FileNotFoundError, match="holds no trained evaluation model.*study.tasks='evaluation' first"):
+    jobs.run(config, str(tmp_path))
+  assert os.listdir(tmp_path) == []  # nothing started
+  config.study.tasks = '2'
+  with pytest.raises(ValueError, match=r'study.tasks.*the study has 2 tasks \(0 to 1\)'):
+    jobs.validate_config(config)
+
+
+def test_a_gather_before_every_task_finished_tables_the_finished_ones(tiny_study, tmp_path, caplog):
+  config, workdir, rows = tiny_study
+  copy = tmp_path / 'study'
+  shutil.copytree(workdir, copy)
+  os.remove(copy / 'resnet18' / 'tts' / 'ppa' / 'evaluation.json')
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.study.tasks = 'gather'
+  with caplog.at_level('WARNING'):
+    gathered = jobs.run(config, str(copy))
+  assert 'leaves out 1 unfinished task(s)' in caplog.text and '1  resnet18/tts' in caplog.text
+  same = lambda rows: json.dumps(rows, sort_keys=True)  # NaN fields (a value outside sweeps) compare equal
+  assert same(gathered) == same([r for r in rows if r['key'] == 'none'])
+  with open(copy / 'results.json') as f:
+    assert json.load(f)['missing'] == ['resnet18 / TTS']
+  assert 'Not finished, left out of the table:** resnet18 / TTS.' in (copy / 'results.md').read_text()
+
+
+def test_study_tasks_select_indices_slices_and_slurm_array_shares():
+  select = lambda tasks, environ={}: list(reproduce.selected_tasks(tasks, 7, environ))
+  assert select('all') == list(range(7)) and select('gather') == [] and select('evaluation') == []
+  assert select('3') == [3] and select('2:5') == [2, 3, 4]
+  assert select('slurm', {'SLURM_ARRAY_TASK_ID': '1', 'SLURM_ARRAY_TASK_COUNT': '3'}) == [1, 4]
+  assert select('slurm', {'SLURM_ARRAY_TASK_ID': '12', 'SLURM_ARRAY_TASK_MIN': '10'}) == [2]  # one task per index
+  for bad, message in (('7', 'has 7 tasks'), ('3:3', 'has 7 tasks'), ('x', 'expected'), ('slurm', 'not set')):
+    with pytest.raises(ValueError, match=message):
+      select(bad)

@@ -380,8 +380,6 @@ def select_final(attack: _Attack, final_w: np.ndarray, cand_classes: np.ndarray)
   Returns ({class: mean final confidence}, {'filtered'|'unfiltered': (evaluation logits, targets)}).
   """
   a, batch_size, workdir = attack.a, attack.batch_size, attack.workdir
-  for directory in ('final', 'grids'):
-    os.makedirs(os.path.join(workdir, directory), exist_ok=True)
 
   @jax.jit
   def final_images_and_scores(w, targets, key):

@@ -212,7 +212,7 @@ def restore_on_host(directory: str) -> dict:
   path = epath.Path(os.path.abspath(directory))
   handler = ocp.StandardCheckpointHandler()
   try:
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
+    cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend='cpu')[0])  # this process's own
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), handler.metadata(path))
     return jax.tree.map(np.asarray, handler.restore(path, args=ocp.args.StandardRestore(target)))
   finally:

@@ -245,8 +245,9 @@ def image_grid(images: np.ndarray, ncols: int = 8, pad: int = 2) -> np.ndarray:
 
 
 def save_png(path: str, grid: np.ndarray):
-  """A uint8 grid (image_grid) as a PNG at `path`."""
+  """A uint8 grid (image_grid) as a PNG at `path` (its directory made if need be)."""
   if _on_process_zero():
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = path + '.tmp.png'
     PIL.Image.fromarray(grid).save(tmp)
     os.replace(tmp, path)
