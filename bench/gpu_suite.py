@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from mi_jax.attacks import optimize
+import _official  # bench/, beside this script
 import _timing  # bench/, beside this script
 
 PRESETS = {
@@ -364,25 +365,13 @@ def official_generator(path: str, device):
   """(NVIDIA's StyleGAN2-ADA generator at the preset's config, random and frozen: only w gets gradients;
   its two custom-op modules)."""
   sys.path.insert(0, os.path.abspath(path))
-  from training import networks as official  # pylint: disable=g-import-not-at-top
   from torch_utils.ops import bias_act, upfirdn2d  # pylint: disable=g-import-not-at-top
 
   if not _TORCH_CUSTOM_OPS.value:
     for op in (bias_act, upfirdn2d):
       op._inited, op._plugin = True, None  # pylint: disable=protected-access  # as if their build had failed
-  config = generator_config()
-  G = official.Generator(
-      z_dim=config.z_dim,
-      c_dim=0,
-      w_dim=config.w_dim,
-      img_resolution=config.img_resolution,
-      img_channels=config.img_channels,
-      mapping_kwargs=dict(num_layers=config.mapping_layers),
-      synthesis_kwargs=dict(
-          channel_base=config.channel_base, channel_max=config.channel_max, num_fp16_res=0, conv_clamp=None
-      ),
-  )
-  return G.to(device).eval().requires_grad_(False), (bias_act, upfirdn2d)
+  G = _official.official_generator(path, generator_config(), num_fp16_res=0, conv_clamp=None)
+  return G.to(device), (bias_act, upfirdn2d)
 
 
 def torch_attack_run(G, target, batch: int, device):

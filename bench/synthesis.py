@@ -13,7 +13,6 @@ tests/test_stylegan_official.py).
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mi_jax.stylegan import networks
+import _official  # bench/, beside this script
 import _timing  # bench/, beside this script
 
 _RESOLUTIONS = flags.DEFINE_list('resolutions', ['32', '64', '128'], 'Output resolutions.')
@@ -59,19 +59,7 @@ def torch_fns(config, batch):
     return None
   import torch  # pylint: disable=g-import-not-at-top
 
-  sys.path.insert(0, official)
-  from training import networks as official_networks  # pylint: disable=g-import-not-at-top
-
-  G = official_networks.Generator(
-      z_dim=config.z_dim,
-      c_dim=0,
-      w_dim=config.w_dim,
-      img_resolution=config.img_resolution,
-      img_channels=config.img_channels,
-      mapping_kwargs=dict(num_layers=config.mapping_layers),
-      synthesis_kwargs=dict(channel_base=config.channel_base, channel_max=config.channel_max),
-  ).eval()
-  G.requires_grad_(False)
+  G = _official.official_generator(official, config)
   ws = torch.randn(batch, 1, config.w_dim).repeat(1, config.num_ws, 1)
 
   def run_forward(n):
