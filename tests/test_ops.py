@@ -54,15 +54,19 @@ def _convolutions_in_conv_and_gradients(x, kernel) -> int:
   return jax.jit(forward_and_backward).lower(x, kernel).compile().as_text().count('convolution(')
 
 
-@pytest.mark.parametrize('in_hw, takes_patches', [((2, 2), True), ((4, 4), True), ((8, 8), False)])
-def test_small_maps_take_the_patches_path_on_cpu_and_large_maps_keep_xla(in_hw, takes_patches):
-  x, kernel = jnp.ones((2, *in_hw, 4)), jnp.ones((3, 3, 4, 4))
+@pytest.mark.parametrize(
+    'in_hw, channels, takes_patches',
+    [((2, 2), 128, True), ((4, 4), 128, True), ((8, 8), 128, False), ((2, 2), 64, False)],
+)
+def test_small_maps_of_many_channels_take_the_patches_path_on_cpu_and_the_rest_keep_xla(in_hw, channels, takes_patches):
+  x, kernel = jnp.ones((2, *in_hw, channels)), jnp.ones((3, 3, channels, channels))
   assert (_convolutions_in_conv_and_gradients(x, kernel) == 0) == takes_patches
   with ops.fast_cpu_path(False):
     assert _convolutions_in_conv_and_gradients(x, kernel) > 0
 
 
-def test_conv_keeps_nn_conv_parameters_and_outputs():
+def test_conv_keeps_nn_conv_parameters_and_outputs(monkeypatch):
+  monkeypatch.setattr(ops, 'MIN_CHANNEL_PRODUCT', 1)
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 2, 2, 8)), jnp.float32)
   layer = dict(features=5, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=True)
   params = nn.Conv(**layer).init(jax.random.key(0), x)
@@ -99,8 +103,9 @@ def _resnet18(width):
   )
 
 
-def test_a_resnet_at_64_px_trains_the_same_with_and_without_the_fast_path():
+def test_a_resnet_at_64_px_trains_the_same_with_and_without_the_fast_path(monkeypatch):
   """Stage 4 runs on 2x2 maps here: the whole network's loss gradient agrees with XLA's convolutions."""
+  monkeypatch.setattr(ops, 'MIN_CHANNEL_PRODUCT', 1)  # the narrow test network's small-map convs take the path too
   model = _resnet18(width=8)
   rng = np.random.default_rng(3)
   images = jnp.asarray(rng.normal(size=(4, 64, 64, 3)), jnp.float32)

@@ -24,6 +24,10 @@ from jax import lax
 import jax.numpy as jnp
 
 SMALL_MAP_POSITIONS = 16  # input maps of at most 4x4 positions take the patches path on CPU
+# ... when in x out channels reach this: XLA's slow kernel grows with the channels (3x3 on 2x2 maps at batch 32:
+# 0.2 s at 512, 37 ms at 256, 4.5 ms at 128 channels, reference/env.md), while the patches path costs more to
+# compile and, inside a scan or while loop (the attacks' optimisation), runs its many small ops slower.
+MIN_CHANNEL_PRODUCT = 128 * 128
 _NHWC = ('NHWC', 'HWIO', 'NHWC')  # flax's layout for 2-D convolutions
 
 _fast_cpu_path_enabled = True
@@ -102,7 +106,8 @@ def _takes_patches_path(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension
   if dimension_numbers != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC):
     return False
   small_map = lhs.shape[1] * lhs.shape[2] <= SMALL_MAP_POSITIONS
-  return small_map and rhs.shape[0] * rhs.shape[1] > 1
+  wide = rhs.shape[2] * rhs.shape[3] >= MIN_CHANNEL_PRODUCT
+  return small_map and wide and rhs.shape[0] * rhs.shape[1] > 1
 
 
 def conv_general_dilated(
