@@ -485,7 +485,7 @@ def run_task(config: ml_collections.ConfigDict, task: Task, eval_dir: str, step)
   """Trains the task's target, then for each attack its generator (when trained per target), the attack and its
   evaluation; each step is skipped when its output exists (`step(what, output path, run)`)."""
   study, cell, seed = config.study, task.cell, task.seed
-  what = f'{task.arch} / {cell.label}' + (f' / seed {seed}' if len(seeds_of(config)) > 1 else '')
+  what = _task_name(task, config)
   train_dir = os.path.join(task.directory, 'train')
   target_dir = _target_dir(train_dir, cell.defense)
   train_config = row_config(config, task.arch, cell, seed)
