@@ -11,10 +11,18 @@ cores, >= 95% test accuracy:
 
   python launch.py --config=configs/baseline.py:demo --workdir=workdir/baseline_demo
 
-Presets: `demo` (MNIST-5k), `demo,epochs=N`, `tiny` (sklearn 8x8 digits, seconds).
+Presets: `demo` (MNIST-5k), `demo,epochs=N`, `tiny` (sklearn 8x8 digits, seconds). The defense configs take
+these and their own options through `with_options`.
 """
 
 from configs import common
+
+
+def with_options(arg, **options):
+  """(the baseline config of the presets in `arg`, the parsed presets): `arg` may also set `options` (name=default),
+  a defense config's own."""
+  arg = common.parse_arg(arg, demo=False, tiny=False, epochs=8, **options)
+  return get_config(','.join(n for n in ('demo', 'tiny') if arg[n]) + f',epochs={arg.epochs}'), arg
 
 
 def get_config(arg=None):

@@ -10,14 +10,11 @@ loss = CE + sum_j (a1 nHSIC(X, Z_j) - a2 nHSIC(Z_j, Y)) with BiDO's CelebA weigh
 Presets: those of configs/baseline.py, plus a1=..., a2=... .
 """
 
-from configs import baseline, common
+from configs import baseline
 from mi_jax import defenses
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(
-      arg, demo=False, tiny=False, epochs=8, a1=defenses.BIDO_WEIGHTS[0], a2=defenses.BIDO_WEIGHTS[1]
-  )
-  config = baseline.get_config(','.join(n for n in ('demo', 'tiny') if arg[n]) + f',epochs={arg.epochs}')
+  config, arg = baseline.with_options(arg, a1=defenses.BIDO_WEIGHTS[0], a2=defenses.BIDO_WEIGHTS[1])
   config.bido.a1, config.bido.a2 = arg.a1, arg.a2
   return defenses.defend(config, 'bido')

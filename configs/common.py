@@ -7,6 +7,8 @@ run has the same fields and any of them can be overridden from the command line
 
 import ml_collections
 
+from mi_jax.defenses import label_smoothing, mid, transfer, trapdoor
+
 
 def parse_arg(arg, **spec):
   """Parses a preset string such as 'demo' or 'demo,epochs=3' against typed defaults.
@@ -53,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.skip_mode = 'truncate'  # DenseNet: 'truncate' (official code) or 'scale' (see densenet.py).
   config.model.stem = 'imagenet'  # 'imagenet' (torchvision) or 'small' (3x3/1, for <= 64px).
   config.model.dtype = 'float32'  # Compute dtype: float32 or bfloat16.
+  config.model.vib_dim = 0  # MID's bottleneck width k (mi_jax/models/vib.py); 0 = none.
   config.model.init_file = ''  # torchvision/PPA .pth to start from (e.g. ImageNet weights).
   config.model.init_reinit = ('fc', 'classifier')  # Leaves of init_file not to load: the head (other class count).
   config.model.transform_input = False  # Inception-v3: torchvision's re-normalisation to ImageNet statistics.
@@ -91,6 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.augment.saturation = 0.1
   config.data.augment.hue = 0.1
   config.data.augment.hflip = True  # RandomHorizontalFlip(0.5).
+  config.data.augment.erase_p = 0.0  # RandomErasing probability, last, after Normalize (MIDRE: 1.0); 0 = off.
+  config.data.augment.erase_scale = (0.1, 0.4)  # RandomErasing area range (MIDRE: (0.1, 0.4) or (0.1, 0.8)).
+  config.data.augment.erase_ratio = (1.0, 1.0)  # RandomErasing aspect-ratio (h / w) range; (1, 1) = square.
+  config.data.augment.erase_value = (0.485, 0.456, 0.406)  # Per-channel fill; normalised [-1, 1] space as MIDRE.
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adam'  # adam (torch-style L2), adamw, sgd.
@@ -108,6 +115,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.bido.a2 = 0.0  # Weight of -sum_j nHSIC(Z_j, Y): label information in the features.
   config.bido.sigma = 5.0  # Gaussian kernel width (the official default).
   config.bido.label_kernel = 'linear'  # Kernel on one-hot labels: 'linear' (official default) or 'gaussian'.
+
+  # The other training-time defenses, each off here (their defaults: mi_jax/defenses/<module>.py): MID's KL
+  # weight (its bottleneck is model.vib_dim), label smoothing (LS/NegLS), TL-DMI's freeze point, Trap-MID.
+  config.mid = mid.default_config()
+  config.label_smoothing = label_smoothing.default_config()
+  config.transfer = transfer.default_config()
+  config.trapdoor = trapdoor.default_config()
 
   config.distill = ml_collections.ConfigDict()  # LOMMA's surrogate models: learn a teacher's outputs.
   config.distill.teacher = ''  # A classifier's train workdir; '' = ordinary training on labels.

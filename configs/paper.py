@@ -52,6 +52,8 @@ from mi_jax import models
 PAPER_ARCHITECTURES = ('resnet34', 'resnet50', 'resnet101', 'resnet152', 'densenet121')
 DEMO_IMAGE_SIZE = 16
 DEFENSES = ('none', 'rolss', 'ssf', 'tts', 'bido', 'rolss_bido')
+# The demo's matrix: the paper's rows and two of the defenses MI studies compare against (mi_jax/defenses).
+DEMO_DEFENSES = DEFENSES + ('mid', 'negls')
 
 # The RoLSS code's per-architecture training recipe (configs/training/targets/FaceScrub/<arch>/full.yaml):
 # ImageNet initialisation and batch 128 for ResNets, MobileNetV2 and ConvNeXt; DenseNets from scratch with
@@ -195,6 +197,8 @@ def get_config(arg=None):
 
   if arg.demo:
     config.study.architectures = ('resnet18', 'densenet121')
+    if not config.study.sweeps:
+      config.study.defenses = DEMO_DEFENSES
     config.study.from_scratch = True  # no ImageNet files for 16px digits
     config.study.evaluation_model = 'train'
     # 16px digits keep 12 targets and 12 attacks within the 2-core budget (DenseNet-121 trains ~4x slower
@@ -202,6 +206,12 @@ def get_config(arg=None):
     common.demo_data(config.classifier)
     common.demo_schedule(config.classifier, arg.epochs)
     config.classifier.data.image_size = DEMO_IMAGE_SIZE
+    # TL-DMI rows (--config.study.defenses=...,tl_dmi) pretrain on the public digits 5-9.
+    public = common.base_config()
+    common.demo_data(public, split='public')
+    config.classifier.transfer.public_data = public.data
+    config.classifier.transfer.public_data.image_size = DEMO_IMAGE_SIZE
+    config.classifier.transfer.public_num_classes = public.model.num_classes
     config.classifier.model.width = 8
     config.classifier.model.stem = 'small'
     for name in config.study.architectures:  # one batch size: DenseNet at 32 would not fit the time budget
@@ -246,6 +256,8 @@ def cpu_study(config: ml_collections.ConfigDict):
   still did not learn in 5 epochs: 26% against 62%), 3 training seeds per cell, and 20 final images per
   class, 100 per row and seed (all 20 optimised candidates kept: the rows differ by the target alone)."""
   config.study.seeds = (1, 2, 3)
+  if not config.study.sweeps:
+    config.study.defenses = DEFENSES  # the paper's matrix, as committed in docs/paper_cpu/
   config.classifier.model.width = 16
   config.classifier.optim.lr = 3e-3
   config.evaluation_model.train.epochs = CPU_EPOCHS

@@ -20,6 +20,7 @@ from mi_jax import config_checks, errors
 JOBS = {
     'train': 'mi_jax.train.trainer',
     'tts': 'mi_jax.defenses.tts',
+    'tl_dmi': 'mi_jax.defenses.tl_dmi',
     'gan': 'mi_jax.train.gan',
     'gan64': 'mi_jax.train.gan64',
     'plgmi_gan': 'mi_jax.train.plgmi_gan',

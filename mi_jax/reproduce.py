@@ -86,12 +86,10 @@ def validate_config(config: ml_collections.ConfigDict):
   """Fails before any work, naming the field: the matrix, every cell's config, the protocol's weight files."""
   check, study = config_checks.check_field, config.study
   for defense in study.defenses:
-    check(
-        defense in defenses.DEFENSES,
-        'study.defenses',
-        tuple(study.defenses),
-        f'{defense!r} is not a defense; known: {sorted(defenses.DEFENSES)}',
-    )
+    try:
+      defenses.defense_spec(defense)
+    except ValueError as e:
+      check(False, 'study.defenses', tuple(study.defenses), str(e))
   for attack in study.attacks:
     check(
         attack in attacks.ATTACKS and attack in config.attacks,
@@ -228,7 +226,7 @@ class Cell:
 def study_cells(config: ml_collections.ConfigDict, arch: str) -> list[Cell]:
   """The main matrix's defenses, then the points of every sweep of `config.study.sweeps`, for `arch`."""
   study = config.study
-  cells = [Cell(d, d, defenses.DEFENSES[d].label) for d in study.defenses]
+  cells = [Cell(d, d, defenses.defense_spec(d).label) for d in study.defenses]
   stages = models.num_skip_stages(arch)
   for sweep in study.sweeps:
     if sweep == 'stage_removal':  # the stages that have skips to remove
@@ -259,7 +257,7 @@ def row_config(
   """The train config of one cell (a Cell, or a defense's name): the study's classifier settings for `arch`
   (its row of study.per_architecture), with the cell's defense applied, trained with `seed`."""
   if isinstance(cell, str):
-    cell = Cell(cell, cell, defenses.DEFENSES[cell].label)
+    cell = Cell(cell, cell, defenses.defense_spec(cell).label)
   row = ml_collections.ConfigDict(config.classifier.to_dict())
   row.seed, row.num_devices, row.matmul_precision = config.seed, config.num_devices, config.matmul_precision
   if seed is not None:
@@ -351,7 +349,7 @@ GENERATOR_EXPORT = 'gan'  # where the gan64 and plgmi_gan jobs leave their GAN d
 
 
 def _target_dir(train_dir: str, defense: str) -> str:
-  return os.path.join(train_dir, 'stage2') if defenses.DEFENSES[defense].two_stage else train_dir
+  return os.path.join(train_dir, 'stage2') if defenses.defense_spec(defense).two_stage else train_dir
 
 
 def _load(path: str) -> dict:
@@ -805,7 +803,7 @@ def write_figures(workdir: str, rows: list[dict], config: ml_collections.ConfigD
   for arch in config.study.architectures:
     for attack in config.study.attacks:
       attack_dirs = {
-          defenses.DEFENSES[d].label: os.path.join(directories[arch, d, first_seed], attack)
+          defenses.defense_spec(d).label: os.path.join(directories[arch, d, first_seed], attack)
           for d in config.study.defenses
       }
       attack_dirs = {  # a gather before every task finished plots the finished ones

@@ -151,7 +151,7 @@ def test_regularised_step_adds_the_hsic_terms():
   rng = np.random.RandomState(0)
   batch = {'image': jnp.asarray(rng.randn(16, 16, 16, 1), jnp.float32), 'label': jnp.asarray(np.arange(16) % 4)}
   step = jax.jit(steps.train_step, static_argnums=(2, 3))
-  _, metrics = step(state, batch, lr_fn, bido.make_regularizer(config.bido, num_classes=4))
+  _, metrics = step(state, batch, lr_fn, (bido.make_regularizer(config.bido, num_classes=4),))
   want = metrics['cross_entropy'] + 0.05 * metrics['hsic_xz'] - 0.5 * metrics['hsic_yz']
   assert float(metrics['loss']) == pytest.approx(float(want), rel=1e-5)
   assert 0 < float(metrics['hsic_yz']) <= 10 * 3 + 1e-3  # each of 10 features: at most rank C - 1 = 3

@@ -6,6 +6,10 @@ These functions reproduce torchvision's parameter sampling and its PIL
 implementations (ImageEnhance for brightness/contrast/saturation, uint8 HSV for
 hue) with a numpy Generator in place of torch's RNG. PPA applies ColorJitter to
 float tensors; the PIL path differs from it only by uint8 rounding.
+
+MIDRE (Tran et al., TMLR 2025, "Random Erasing vs. Model Inversion") adds
+RandomErasing(p=1, scale=(0.1, 0.4), ratio=(1, 1), value=(0.485, 0.456, 0.406))
+after Normalize, so it acts on the normalised float array (`random_erasing`).
 """
 
 import math
@@ -104,3 +108,60 @@ def color_jitter(img, brightness, contrast, saturation, hue, rng):
     if factors[i] is not None:
       img = ops[i](img, factors[i])
   return img
+
+
+def random_erasing_box(height: int, width: int, scale, ratio, rng: np.random.Generator):
+  """torchvision RandomErasing.get_params: the box (top i, left j, h, w) to erase.
+
+  Ten attempts, each drawing an area fraction uniform in `scale` and an aspect ratio h / w log-uniform in
+  `ratio` (note: h / w, where RandomResizedCrop's ratio is w / h); h = round(sqrt(area * r)),
+  w = round(sqrt(area / r)); a box needs h < height and w < width (strictly; h or w may be 0, an empty box);
+  then i, j uniform over the valid offsets. If all ten fail torchvision erases the whole image with the image
+  itself, i.e. leaves it unchanged: this returns (0, 0, height, width), which no drawn box can equal.
+  """
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    erase_area = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(*log_ratio))
+    h = int(round(math.sqrt(erase_area * aspect)))
+    w = int(round(math.sqrt(erase_area / aspect)))
+    if not (h < height and w < width):
+      continue
+    i = int(rng.integers(0, height - h + 1))
+    j = int(rng.integers(0, width - w + 1))
+    return i, j, h, w
+  return 0, 0, height, width
+
+
+def random_erasing(x: np.ndarray, p: float, scale, ratio, value, rng: np.random.Generator) -> np.ndarray:
+  """torchvision RandomErasing on a normalised float32 [H, W, C] array (the output of `normalize`).
+
+  With probability `p` (one rng.random() draw, none at all when p == 0, so a pipeline without erasing keeps
+  its random stream) a `random_erasing_box` is filled with `value`: per-channel fills (one entry = every
+  channel; MIDRE's (0.485, 0.456, 0.406) are values in the normalised [-1, 1] space, as its Normalize comes
+  first), or 'random' for standard-normal noise per pixel and channel, drawn after the box (torchvision draws
+  it between h, w and i, j; the stream is numpy's anyway). A single-channel image takes the first entry of a
+  longer tuple, where torchvision would raise. Returns a new array; `x` is not modified.
+  """
+  if p == 0 or rng.random() >= p:
+    return x
+  height, width, channels = x.shape
+  if isinstance(value, str):
+    if value != 'random':
+      raise ValueError(f"random erasing value must be per-channel floats or 'random', got {value!r}")
+  else:
+    value = np.atleast_1d(np.asarray(value, np.float32))
+    if channels == 1:
+      value = value[:1]
+    elif len(value) not in (1, channels):
+      raise ValueError(f'random erasing value {tuple(value.tolist())} has neither 1 nor {channels} entries')
+  i, j, h, w = random_erasing_box(height, width, scale, ratio, rng)
+  if (h, w) == (height, width):  # the fallback: no box fitted, the image is unchanged
+    return x
+  out = x.copy()
+  if isinstance(value, str):
+    out[i : i + h, j : j + w] = rng.standard_normal((h, w, channels), dtype=np.float32)
+  else:
+    out[i : i + h, j : j + w] = value
+  return out

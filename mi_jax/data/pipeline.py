@@ -6,12 +6,15 @@ any `worker_count` and resumes exactly from `iterator.get_state()`.
 """
 
 import dataclasses
+import math
+import numbers
 
 import grain
 import jax
 import numpy as np
 import PIL.Image
 
+from mi_jax import config_checks
 from mi_jax.data import augment
 
 
@@ -28,6 +31,11 @@ class TrainTransform(grain.transforms.RandomMap):
   saturation: float = 0.1
   hue: float = 0.1
   hflip: bool = True
+  # MIDRE's RandomErasing, after Normalize (so `erase_value` is in the normalised [-1, 1] space); 0 = off.
+  erase_p: float = 0.0
+  erase_scale: tuple[float, float] = (0.1, 0.4)
+  erase_ratio: tuple[float, float] = (1.0, 1.0)
+  erase_value: tuple[float, ...] | str = (0.485, 0.456, 0.406)
 
   def random_map(self, element, rng: np.random.Generator):
     img = augment.resize(augment.center_crop(augment.to_pil(element['image']), self.center_crop), self.image_size)
@@ -35,7 +43,9 @@ class TrainTransform(grain.transforms.RandomMap):
     img = augment.color_jitter(img, self.brightness, self.contrast, self.saturation, self.hue, rng)
     if self.hflip and rng.random() < 0.5:
       img = img.transpose(PIL.Image.FLIP_LEFT_RIGHT)
-    return {'image': augment.normalize(img), 'label': np.int32(element['label'])}
+    x = augment.normalize(img)
+    x = augment.random_erasing(x, self.erase_p, self.erase_scale, self.erase_ratio, self.erase_value, rng)
+    return {'image': x, 'label': np.int32(element['label'])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +62,7 @@ class EvalTransform(grain.transforms.Map):
 
 def train_transform(data_config) -> TrainTransform:
   aug = data_config.augment
+  erase_value = aug.get('erase_value', TrainTransform.erase_value)
   return TrainTransform(
       image_size=data_config.image_size,
       center_crop=data_config.get('center_crop', 0),
@@ -62,6 +73,41 @@ def train_transform(data_config) -> TrainTransform:
       saturation=aug.saturation,
       hue=aug.hue,
       hflip=aug.hflip,
+      # .get: configs saved before random erasing existed have no erase_* fields.
+      erase_p=float(aug.get('erase_p', TrainTransform.erase_p)),
+      erase_scale=tuple(float(v) for v in aug.get('erase_scale', TrainTransform.erase_scale)),
+      erase_ratio=tuple(float(v) for v in aug.get('erase_ratio', TrainTransform.erase_ratio)),
+      erase_value=erase_value if isinstance(erase_value, str) else tuple(float(v) for v in erase_value),
+  )
+
+
+def _is_real(v) -> bool:
+  return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _real_pair(v) -> bool:
+  return isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_real(u) for u in v)
+
+
+def validate_erasing(augment_config) -> None:
+  """Checks `data.augment`'s random-erasing fields (absent ones take TrainTransform's defaults).
+
+  Raises ValueError naming the field, as `config_checks.check_field` does: `config.data.augment.erase_p=...`.
+  """
+  get = lambda name: augment_config.get(name, getattr(TrainTransform, name))
+  p, scale, ratio, value = get('erase_p'), get('erase_scale'), get('erase_ratio'), get('erase_value')
+  check = lambda ok, name, v, expected: config_checks.check_field(ok, f'data.augment.{name}', v, expected)
+  check(_is_real(p) and 0 <= p <= 1, 'erase_p', p, 'expected a probability in [0, 1]')
+  check(
+      _real_pair(scale) and 0 < scale[0] <= scale[1] <= 1, 'erase_scale', scale, 'expected (lo, hi), 0 < lo <= hi <= 1'
+  )
+  check(_real_pair(ratio) and 0 < ratio[0] <= ratio[1], 'erase_ratio', ratio, 'expected (lo, hi), 0 < lo <= hi')
+  check(
+      value == 'random'
+      or (isinstance(value, (tuple, list)) and len(value) in (1, 3) and all(_is_real(v) for v in value)),
+      'erase_value',
+      value,
+      "expected 1 or 3 per-channel fills (normalised [-1, 1] space) or 'random'",
   )
 
 

@@ -27,6 +27,7 @@ import ml_collections
 
 from mi_jax import config_checks, models
 from mi_jax.models import layers
+from mi_jax.train import steps
 
 EPSILON = 1e-5
 
@@ -131,8 +132,8 @@ def hsic_of_resolvents(r_a, r_b):
   return jnp.sum(r_a * jnp.swapaxes(r_b, -1, -2), axis=(-2, -1))
 
 
-def make_regularizer(bido_config: ml_collections.ConfigDict, num_classes: int):
-  """Returns regularizer(images, labels, hidden_collection) -> (loss, metrics) for steps.train_step."""
+def make_regularizer(bido_config: ml_collections.ConfigDict, num_classes: int) -> steps.Regularizer:
+  """steps.train_step's regularizer of the hidden features the model records."""
   a1, a2, sigma = bido_config.a1, bido_config.a2, bido_config.sigma
   label_kernel = {'linear': linear_kernel, 'gaussian': lambda y: gaussian_kernel(y, sigma)}[bido_config.label_kernel]
 
@@ -151,7 +152,7 @@ def make_regularizer(bido_config: ml_collections.ConfigDict, num_classes: int):
     hsic_yz = sum(hsic_of_resolvents(r, r_y) for r in r_z)
     return a1 * hsic_xz - a2 * hsic_yz, {'hsic_xz': hsic_xz, 'hsic_yz': hsic_yz}
 
-  return regularizer
+  return steps.Regularizer(layers.HIDDEN_COLLECTION, regularizer)
 
 
 def is_enabled(bido_config: ml_collections.ConfigDict) -> bool:

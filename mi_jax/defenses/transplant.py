@@ -41,24 +41,26 @@ def _flat(tree) -> dict:
   return traverse_util.flatten_dict(tree, sep='/')
 
 
-def transplant(source, target, reinit: Sequence[str] = (), drop: Sequence[str] = ()):
+def transplant(source, target, reinit: Sequence[str] = (), drop: Sequence[str] = (), keep_fresh: Sequence[str] = ()):
   """Returns (target tree filled from source, TransplantReport).
 
   `source` and `target` are variable trees ({'params': ..., 'batch_stats': ...}
   or any nested dict); `target` is a freshly initialised tree of the second model.
+  Target leaves matching a `keep_fresh` pattern keep their initialisation even where the source has them
+  (TL-DMI's head: the public classes are not the private ones, whatever their count).
   """
   src, dst = _flat(source), _flat(target)
   matches = lambda path, patterns: any(re.search(p, path) for p in patterns)
   copied, reinitialised, problems = [], [], []
   out = {}
   for path, fresh in dst.items():
-    have = src.get(path)
+    have = None if matches(path, keep_fresh) else src.get(path)
     if have is not None and np.shape(have) == np.shape(fresh):
       out[path] = np.asarray(have, dtype=np.asarray(fresh).dtype) if hasattr(fresh, 'dtype') else have
       copied.append(path)
       continue
     why = 'missing in source' if have is None else f'source {np.shape(have)} vs target {np.shape(fresh)}'
-    if matches(path, reinit):
+    if matches(path, reinit) or matches(path, keep_fresh):
       out[path] = fresh
       reinitialised.append(path)
     else:

@@ -3,7 +3,7 @@
 Stage 1 trains the model with its skip connections (`config.tts.stage1_skip`)
 for M = `config.tts.stage1_epochs` epochs. Stage 2 builds the defended model
 (`config.model.skip`, e.g. last-stage skips removed), starts it from stage 1's
-weights by a param-tree transplant, and trains N = train.epochs - M epochs.
+weights by a param-tree transplant, and trains N = train.epochs - M epochs (two_stage.py).
 
 Learning rate across the switch (`config.tts.lr_schedule`):
   'continue'  the two stages follow one schedule over train.epochs: a milestone
@@ -16,17 +16,14 @@ stage 1's weights only. Both stages live in their own sub-workdir
 in whichever stage it died.
 """
 
-import dataclasses
-import functools
-import os
 from typing import Callable
 
 from absl import logging
 import ml_collections
 
 from mi_jax import config_checks
-from mi_jax.defenses import transplant
-from mi_jax.train import checkpoint, reporting, trainer
+from mi_jax.defenses import two_stage
+from mi_jax.train import trainer
 
 
 def validate_config(config: ml_collections.ConfigDict):
@@ -59,25 +56,10 @@ def train_tts(
 ) -> dict:
   """Runs (or resumes) both stages; `on_step(stage_name, step)` as in trainer.train_and_evaluate."""
   stage1, stage2 = stage_configs(config)
-  hook = lambda name: None if on_step is None else functools.partial(on_step, name)
-  dir1, dir2 = os.path.join(workdir, 'stage1'), os.path.join(workdir, 'stage2')
-  logging.info('TTS stage 1: %d epochs with skip=%s', stage1.train.epochs, stage1.model.skip)
-  results1 = trainer.train_and_evaluate(stage1, dir1, on_step=hook('stage1'))
-
-  def from_stage1(fresh):
-    moved, report = transplant.transplant(
-        checkpoint.load_variables(dir1), fresh, reinit=tuple(config.tts.reinit), drop=tuple(config.tts.drop)
-    )
-    logging.info('TTS transplant stage 1 -> stage 2: %s', report.summary())
-    reporting.write_json(os.path.join(dir2, 'transplant.json'), dataclasses.asdict(report))
-    return moved
-
-  logging.info('TTS stage 2: %d epochs with skip=%s', stage2.train.epochs, stage2.model.skip)
-  os.makedirs(dir2, exist_ok=True)
-  results2 = trainer.train_and_evaluate(stage2, dir2, on_step=hook('stage2'), init_variables=from_stage1)
-  results = {'stage1': results1, 'stage2': results2, **results2}
-  reporting.write_results(workdir, results)
-  return results
+  logging.info('TTS: stage 1 with skip=%s, stage 2 with skip=%s', stage1.model.skip, stage2.model.skip)
+  return two_stage.train(
+      stage1, stage2, workdir, 'TTS', reinit=tuple(config.tts.reinit), drop=tuple(config.tts.drop), on_step=on_step
+  )
 
 
 run = train_tts  # the `tts` job (mi_jax/jobs.py)

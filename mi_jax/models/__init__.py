@@ -6,6 +6,7 @@ FAMILIES lists them. Adding a family is one module and one entry here.
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -15,6 +16,7 @@ from mi_jax.models import efficientnet
 from mi_jax.models import vit
 from mi_jax.models import maxvit
 from mi_jax.models import skip as skip_lib
+from mi_jax.models import vib
 
 FAMILIES = (
     resnet.FAMILY,
@@ -36,10 +38,14 @@ def model_names() -> list[str]:
   return [name for family in FAMILIES for name in sorted(family.architectures)]
 
 
+# config.model fields every family takes, added after saved runs existed, and the value those runs had.
+GENERAL_OPTIONS = (('vib_dim', 0),)
+
+
 def option_defaults() -> dict[str, object]:
   """{config.model field: its neutral value} of every family's options: a saved config without such a field
   (written before the field existed) ran with that value."""
-  return {field: neutral for family in FAMILIES for field, neutral in family.options}
+  return {**dict(GENERAL_OPTIONS), **{field: neutral for family in FAMILIES for field, neutral in family.options}}
 
 
 def family_of(name: str) -> registry.Family:
@@ -94,7 +100,36 @@ def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
         raise ValueError(
             f'config.model.{field}={model_config[field]!r} applies to {other.name} models only, ' f'not {name}'
         )
-  return family.build(model_config, family.architectures[name], registry.DTYPES[model_config.dtype], deploy)
+  dtype = registry.DTYPES[model_config.dtype]
+  bottleneck = model_config.get('vib_dim', 0)
+  if not bottleneck:
+    return family.build(model_config, family.architectures[name], dtype, deploy)
+  if bottleneck < 0:
+    raise ValueError(f'config.model.vib_dim={bottleneck}: expected 0 (no MID bottleneck) or its width k > 0')
+  backbone_config = ml_collections.ConfigDict(model_config.to_dict())
+  backbone_config.num_classes = 2 * bottleneck  # the head becomes MID's st_layer: mu and std of z
+  backbone = family.build(backbone_config, family.architectures[name], dtype, deploy)
+  return vib.VIBClassifier(backbone, model_config.num_classes, bottleneck, dtype)
+
+
+def head_input_width(model_config: ml_collections.ConfigDict, image_size: int) -> int:
+  """The width of the features the classifier's head reads: the input of the last Dense layer its forward pass
+  applies, found from shapes only (no computation)."""
+  dense_inputs = []
+
+  def record_dense_inputs(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Dense) and context.method_name == '__call__':
+      dense_inputs.append(args[0].shape[-1])
+    return next_fun(*args, **kwargs)
+
+  plain = build_model(ml_collections.ConfigDict({**model_config.to_dict(), 'vib_dim': 0}))
+  with nn.intercept_methods(record_dense_inputs):
+    jax.eval_shape(
+        functools.partial(plain.init, train=False),
+        jax.random.PRNGKey(0),
+        jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32),
+    )
+  return dense_inputs[-1]
 
 
 def _as_tuples(value):

@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mi_jax import config_checks, errors, models
+from mi_jax.defenses import label_smoothing, mid, transfer, trapdoor
 from mi_jax.train import reporting
 
 BEST_METRIC = 'test_accuracy'
@@ -255,7 +256,27 @@ def abstract_like(tree):
 
 
 # Config fields whose change makes an existing checkpoint meaningless for the run.
-IDENTITY_FIELDS = ('model', 'data.name', 'data.image_size', 'optim', 'bido', 'train.batch_size', 'train.epochs', 'seed')
+IDENTITY_FIELDS = (
+    'model',
+    'data.name',
+    'data.image_size',
+    'optim',
+    'bido',
+    'mid',
+    'label_smoothing',
+    'transfer',
+    'trapdoor',
+    'train.batch_size',
+    'train.epochs',
+    'seed',
+)
+# Identity sections added since runs were saved: a saved config without one ran with the defense off.
+ADDED_SECTIONS = {
+    'mid': mid.default_config,
+    'label_smoothing': label_smoothing.default_config,
+    'transfer': transfer.default_config,
+    'trapdoor': trapdoor.default_config,
+}
 
 
 def run_identity(config: dict, fields=IDENTITY_FIELDS) -> dict:
@@ -275,6 +296,9 @@ def check_same_run(saved: dict, config: ml_collections.ConfigDict, where: str, f
   if isinstance(saved_identity.get('model'), dict):  # fields added since: the value the saved run had
     defaults = json.loads(json.dumps(models.option_defaults()))
     saved_identity['model'] = {**defaults, **saved_identity['model']}
+  for section, default_config in ADDED_SECTIONS.items():
+    if section in saved_identity and saved_identity[section] is None:
+      saved_identity[section] = json.loads(json.dumps(default_config().to_dict()))
   try:
     reporting.check_same_run(saved_identity, run_identity(reporting.config_json(config), fields), where, 'run', hint)
   except reporting.DifferentRunError as e:

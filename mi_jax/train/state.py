@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import flax
 from flax.training import train_state
 import jax
 import optax
@@ -12,6 +13,7 @@ from mi_jax import models
 class TrainState(train_state.TrainState):
   batch_stats: Any
   rng: jax.Array  # raw uint32[2] key (Orbax-friendly); fold_in(step) for per-step randomness
+  defense: Any = flax.struct.field(default_factory=dict)  # what a defense trains beside the model (Trap-MID)
 
 
 def create_train_state(model, tx: optax.GradientTransformation, input_shape, seed: int) -> TrainState:

@@ -15,7 +15,7 @@ import ml_collections
 
 from mi_jax import config_checks, convert, models
 from mi_jax.data import pipeline, sources
-from mi_jax.defenses import bido
+from mi_jax.defenses import bido, label_smoothing, mid, transfer, trapdoor
 from mi_jax.train import checkpoint, loop, optim, reporting, sharding, state as state_lib, steps
 
 
@@ -73,6 +73,11 @@ def validate_config(config: ml_collections.ConfigDict):
       'expected increasing epochs',
   )
   bido.validate_config(config)
+  mid.validate_config(config)
+  label_smoothing.validate_config(config)
+  transfer.validate_section(config)
+  trapdoor.validate_config(config)
+  pipeline.validate_erasing(config.data.augment)
   if config.distill.teacher:
     sources.resolve(config.distill.data)
     check(config.distill.temperature > 0, 'distill.temperature', config.distill.temperature, 'expected > 0')
@@ -129,6 +134,29 @@ def load_teacher(config: ml_collections.ConfigDict):
   return lambda images: model.apply(variables, images, train=False)
 
 
+def training_objective(
+    config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int, learning_rate_fn, teacher
+):
+  """steps.train_step's keyword arguments for the config's training-time defenses (BiDO, MID, LS/NegLS, Trap-MID)
+  and LOMMA's distillation (`teacher`: load_teacher's, or None)."""
+  regularizers = []
+  if bido.is_enabled(config.bido):
+    regularizers.append(bido.make_regularizer(config.bido, num_classes))
+  if mid.is_enabled(config):
+    regularizers.append(mid.make_regularizer(config.mid.beta))
+  objective = {
+      'regularizers': tuple(regularizers),
+      'aux_loss_weight': config.train.aux_loss_weight,
+      'teacher': teacher,
+      'temperature': config.distill.temperature,
+  }
+  if label_smoothing.is_enabled(config):
+    objective['smoothing_fn'] = label_smoothing.make_schedule(config, steps_per_epoch)
+  if trapdoor.is_enabled(config):
+    objective['batch_transform'] = trapdoor.make_batch_transform(config, learning_rate_fn, num_classes)
+  return objective
+
+
 def chance_level_warnings(test_metrics: dict, num_classes: int) -> list[str]:
   """A warning when the final test accuracy is below twice chance: the run learned nothing (or diverged)."""
   chance = 1.0 / num_classes
@@ -183,13 +211,18 @@ def train_and_evaluate(
   learning_rate_fn = optim.create_learning_rate_fn(config.optim, steps_per_epoch)
   tx = optim.create_optimizer(config.optim, learning_rate_fn)
   channels = builder.info.features['image'].shape[-1]
+  if config.transfer.finetune_from:  # TL-DMI: the layers before the freeze point get no updates
+    frozen = transfer.frozen_modules(model, config.data.image_size, config.transfer.finetune_from)
+    logging.info('TL-DMI: frozen %s', ', '.join(frozen))
+    tx = transfer.freeze(tx, frozen)
   state = state_lib.create_train_state(
       model, tx, (1, config.data.image_size, config.data.image_size, channels), config.seed
   )
-  regularizer = bido.make_regularizer(config.bido, num_classes) if bido.is_enabled(config.bido) else None
   train_step, eval_step = steps.compile_steps(
-      mesh, learning_rate_fn, regularizer, config.train.aux_loss_weight, teacher, config.distill.temperature
+      mesh, learning_rate_fn, **training_objective(config, num_classes, steps_per_epoch, learning_rate_fn, teacher)
   )
+  if trapdoor.is_enabled(config):  # Trap-MID's triggers and discriminator train beside the model
+    state = state.replace(defense=trapdoor.init_state(config, learning_rate_fn, num_classes, channels))
 
   # However the job ends (an error, Ctrl-C, SIGTERM), the checkpoint save in flight completes first.
   with checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), keep=config.train.keep_checkpoints) as ckpt:
