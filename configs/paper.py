@@ -24,13 +24,17 @@ AFHQ-dog generator); see private_dataset.
 More attacks per cell: `:attacks=ppa+ifgmi+plgmi` (IF-GMI on the same generator; PLG-MI trains its
 conditional GAN for each cell's target first: name its public data in attacks.plgmi.generator_job.data).
 
-Demo, the same matrix for a narrow ResNet-18 and DenseNet-121 on the bundled MNIST digits
-(private 0-4) with the committed demo generator (public 5-9), on CPU (about 15 minutes on 2 cores):
+Demo, the same matrix plus MID and NegLS rows for a narrow ResNet-18 and DenseNet-121 on the bundled
+MNIST digits (private 0-4) with the committed demo generator (public 5-9), on CPU (about 20 minutes on
+2 cores):
 
   python launch.py --config=configs/paper.py:demo --workdir=workdir/paper_demo
 
 On a cluster, one task per cell (scripts/slurm/study.sh): `--config.study.tasks=list` prints the tasks;
 `evaluation`, then an sbatch array with `slurm`, then `gather` builds the table.
+
+Other defenses as rows (README's defense table; several joined with '+'):
+`--config.study.defenses="('none','mid','negls','tl_dmi','trap_mid','midre','rolss+negls')"`.
 
 The paper's ablations, each a figure against the swept value (`:sweeps=stage_removal`, `ssf_k`,
 `tts_switch`, or several joined with '+'; with `demo` for the digits):

@@ -276,7 +276,7 @@ def test_every_defense_trains_and_is_attacked_by_ppa_in_a_tiny_study(tmp_path, t
   G = networks.Generator(GEN)
   save_generator(str(tmp_path / 'generator'), GEN, jax.jit(G.init)(jax.random.key(0), jnp.zeros((1, GEN.z_dim))))
   config = tiny_study_config(tmp_path, tfds_dir)
-  names = ('none', 'mid', 'ls', 'negls', 'tl_dmi', 'trap_mid', 'midre', 'rolss+negls')
+  names = ('mid', 'ls', 'negls', 'tl_dmi', 'trap_mid', 'midre', 'rolss+negls')
   config.study.defenses = names
   config.classifier.transfer.public_data.update(name='digits_demo/public', data_dir=tfds_dir, image_size=16)
   config.classifier.train.epochs = 1
@@ -290,3 +290,29 @@ def test_every_defense_trains_and_is_attacked_by_ppa_in_a_tiny_study(tmp_path, t
   saved = lambda key: checkpoint.load_classifier(os.path.join(workdir, 'resnet18', key, 'train')).config
   assert saved('mid')['model']['vib_dim'] > 0 and saved('midre')['data']['augment']['erase_p'] == 1.0
   assert os.path.isdir(os.path.join(workdir, 'resnet18', 'tl_dmi', 'train', 'stage2', 'checkpoints'))
+
+
+@pytest.mark.slow
+def test_a_killed_trap_mid_run_resumes_with_its_triggers_and_discriminator(tmp_path, tfds_dir):
+  from configs import trap_mid  # pylint: disable=g-import-not-at-top
+
+  def config():
+    c = trap_mid.get_config('tiny,epochs=2')
+    c.data.data_dir, c.num_devices = tfds_dir, 1
+    return c
+
+  class Killed(Exception):
+    pass
+
+  def kill_after_the_first_epoch(step):  # 25 steps per epoch: the checkpoint of step 25 is the last one
+    if step == 30:
+      raise Killed()
+
+  trainer.train_and_evaluate(config(), str(tmp_path / 'whole'))
+  with pytest.raises(Killed):
+    trainer.train_and_evaluate(config(), str(tmp_path / 'killed'), on_step=kill_after_the_first_epoch)
+  trainer.train_and_evaluate(config(), str(tmp_path / 'killed'))
+  final = lambda run: checkpoint.restore_on_host(str(tmp_path / run / 'checkpoints' / '50' / 'state'))
+  whole, resumed = final('whole'), final('killed')
+  assert set(whole['defense']) == {'triggers', 'discriminator'}
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, whole, resumed)))  # model, triggers, discriminator

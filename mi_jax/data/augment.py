@@ -51,15 +51,18 @@ def resize(img: PIL.Image.Image, size: int) -> PIL.Image.Image:
   return img.resize((size, size), PIL.Image.BILINEAR)
 
 
+def _box_sides(area: int, scale, ratio, rng: np.random.Generator) -> tuple[int, int]:
+  """torchvision's draw of a random box's sides (RandomResizedCrop, RandomErasing): an area fraction uniform in
+  `scale`, an aspect ratio r log-uniform in `ratio`; (round(sqrt(a r)), round(sqrt(a / r)))."""
+  box_area = area * rng.uniform(scale[0], scale[1])
+  aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+  return int(round(math.sqrt(box_area * aspect))), int(round(math.sqrt(box_area / aspect)))
+
+
 def random_resized_crop_box(width: int, height: int, scale, ratio, rng: np.random.Generator):
-  """torchvision RandomResizedCrop.get_params: (left, top, crop_w, crop_h)."""
-  area = width * height
-  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  """torchvision RandomResizedCrop.get_params: (left, top, crop_w, crop_h); its ratio is w / h."""
   for _ in range(10):
-    target_area = area * rng.uniform(scale[0], scale[1])
-    aspect = math.exp(rng.uniform(*log_ratio))
-    w = int(round(math.sqrt(target_area * aspect)))
-    h = int(round(math.sqrt(target_area / aspect)))
+    w, h = _box_sides(width * height, scale, ratio, rng)
     if 0 < w <= width and 0 < h <= height:
       top = int(rng.integers(0, height - h + 1))
       left = int(rng.integers(0, width - w + 1))
@@ -119,13 +122,8 @@ def random_erasing_box(height: int, width: int, scale, ratio, rng: np.random.Gen
   then i, j uniform over the valid offsets. If all ten fail torchvision erases the whole image with the image
   itself, i.e. leaves it unchanged: this returns (0, 0, height, width), which no drawn box can equal.
   """
-  area = height * width
-  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
   for _ in range(10):
-    erase_area = area * rng.uniform(scale[0], scale[1])
-    aspect = math.exp(rng.uniform(*log_ratio))
-    h = int(round(math.sqrt(erase_area * aspect)))
-    w = int(round(math.sqrt(erase_area / aspect)))
+    h, w = _box_sides(height * width, scale, ratio, rng)
     if not (h < height and w < width):
       continue
     i = int(rng.integers(0, height - h + 1))

@@ -22,7 +22,6 @@ SSF k) stay trainable. No freeze point is published for the PPA protocol's ResNe
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -53,23 +52,10 @@ def validate_section(config: ml_collections.ConfigDict):
   )
 
 
-def top_level_modules(model: nn.Module, image_size: int, channels: int = 3) -> list[str]:
+def top_level_modules(model: nn.Module, image_size: int) -> list[str]:
   """The names of the model's top-level submodules in the order its forward pass first calls them."""
-  names = []
-
-  def record(next_fun, args, kwargs, context):
-    path = context.module.scope.path if context.module.scope is not None else ()
-    if len(path) == 1 and path[0] not in names:
-      names.append(path[0])
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(record):
-    jax.eval_shape(
-        lambda rng, x: model.init(rng, x, train=False),
-        jax.random.PRNGKey(0),
-        jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32),
-    )
-  return names
+  names = [path[0] for path, _, _ in models.call_trace(model, image_size) if len(path) == 1]
+  return list(dict.fromkeys(names))
 
 
 def frozen_modules(model: nn.Module, image_size: int, finetune_from: str) -> tuple[str, ...]:

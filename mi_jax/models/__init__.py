@@ -112,24 +112,30 @@ def build_model(model_config: ml_collections.ConfigDict, deploy: bool = False):
   return vib.VIBClassifier(backbone, model_config.num_classes, bottleneck, dtype)
 
 
-def head_input_width(model_config: ml_collections.ConfigDict, image_size: int) -> int:
-  """The width of the features the classifier's head reads: the input of the last Dense layer its forward pass
-  applies, found from shapes only (no computation)."""
-  dense_inputs = []
+def call_trace(model, image_size: int, channels: int = 3) -> list[tuple[tuple[str, ...], type, tuple]]:
+  """(scope path, module class, input shape) of every module call in `model`'s forward pass, in order, from
+  shapes only (no computation)."""
+  calls = []
 
-  def record_dense_inputs(next_fun, args, kwargs, context):
-    if isinstance(context.module, nn.Dense) and context.method_name == '__call__':
-      dense_inputs.append(args[0].shape[-1])
+  def record(next_fun, args, kwargs, context):
+    if context.method_name == '__call__' and args and hasattr(args[0], 'shape'):
+      path = tuple(context.module.scope.path) if context.module.scope is not None else ()
+      calls.append((path, type(context.module), tuple(args[0].shape)))
     return next_fun(*args, **kwargs)
 
-  plain = build_model(ml_collections.ConfigDict({**model_config.to_dict(), 'vib_dim': 0}))
-  with nn.intercept_methods(record_dense_inputs):
+  with nn.intercept_methods(record):
     jax.eval_shape(
-        functools.partial(plain.init, train=False),
+        functools.partial(model.init, train=False),
         jax.random.PRNGKey(0),
-        jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32),
+        jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32),
     )
-  return dense_inputs[-1]
+  return calls
+
+
+def head_input_width(model_config: ml_collections.ConfigDict, image_size: int) -> int:
+  """The width of the features the classifier's head reads: the input of the last Dense layer it applies."""
+  plain = build_model(ml_collections.ConfigDict({**model_config.to_dict(), 'vib_dim': 0}))
+  return [shape for _, kind, shape in call_trace(plain, image_size) if issubclass(kind, nn.Dense)][-1][-1]
 
 
 def _as_tuples(value):
