@@ -154,6 +154,15 @@ def demo_data(config: ml_collections.ConfigDict, split: str = 'private', dataset
     config.model.num_classes = 5
 
 
+def demo_public_pretraining(config: ml_collections.ConfigDict, dataset: str = 'mnist_demo'):
+  """TL-DMI's public data for a demo classifier: the other digits (5-9, as the demo's GAN), at its input size."""
+  public = base_config()
+  demo_data(public, split='public', dataset=dataset)
+  config.transfer.public_data = public.data
+  config.transfer.public_data.image_size = config.data.image_size
+  config.transfer.public_num_classes = public.model.num_classes
+
+
 def demo_model(config: ml_collections.ConfigDict):
   """A narrow ResNet-18 with the small stem: trains in seconds per epoch on 2 CPU cores."""
   config.model.width = 16

@@ -210,12 +210,7 @@ def get_config(arg=None):
     common.demo_data(config.classifier)
     common.demo_schedule(config.classifier, arg.epochs)
     config.classifier.data.image_size = DEMO_IMAGE_SIZE
-    # TL-DMI rows (--config.study.defenses=...,tl_dmi) pretrain on the public digits 5-9.
-    public = common.base_config()
-    common.demo_data(public, split='public')
-    config.classifier.transfer.public_data = public.data
-    config.classifier.transfer.public_data.image_size = DEMO_IMAGE_SIZE
-    config.classifier.transfer.public_num_classes = public.model.num_classes
+    common.demo_public_pretraining(config.classifier)  # TL-DMI rows (--config.study.defenses=...,tl_dmi)
     config.classifier.model.width = 8
     config.classifier.model.stem = 'small'
     for name in config.study.architectures:  # one batch size: DenseNet at 32 would not fit the time budget

@@ -20,10 +20,6 @@ from mi_jax import defenses
 def get_config(arg=None):
   config, arg = baseline.with_options(arg, finetune_from='')
   config.transfer.finetune_from = arg.finetune_from
-  if arg.demo or arg.tiny:  # public data: the other digits, as the demo's GAN uses
-    public = common.base_config()
-    common.demo_data(public, split='public', dataset='mnist_demo' if arg.demo else 'digits_demo')
-    config.transfer.public_data = public.data
-    config.transfer.public_data.image_size = config.data.image_size
-    config.transfer.public_num_classes = public.model.num_classes
+  if arg.demo or arg.tiny:
+    common.demo_public_pretraining(config, dataset='mnist_demo' if arg.demo else 'digits_demo')
   return defenses.defend(config, 'tl_dmi')
